@@ -1,0 +1,2 @@
+//! tally-api: see ARCHITECTURE.md.
+#![forbid(unsafe_code)]

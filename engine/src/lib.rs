@@ -1,0 +1,2 @@
+//! tally-engine: see ARCHITECTURE.md.
+#![forbid(unsafe_code)]

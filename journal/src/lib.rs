@@ -1,0 +1,2 @@
+//! tally-journal: see ARCHITECTURE.md.
+#![forbid(unsafe_code)]

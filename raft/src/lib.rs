@@ -1,0 +1,2 @@
+//! tally-raft: see ARCHITECTURE.md.
+#![forbid(unsafe_code)]

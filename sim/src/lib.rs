@@ -1,0 +1,2 @@
+//! tally-sim: see ARCHITECTURE.md.
+#![forbid(unsafe_code)]
