@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod engine;
 mod journal;
+mod server;
 
 #[derive(Parser)]
 #[command(name = "tally-bench", about = "Tally benchmarks; each prints its figures last as one JSON line")]
@@ -19,6 +20,8 @@ enum Command {
     Engine(engine::Args),
     /// Durable appends through the journal, against plain write + fdatasync.
     Journal(journal::Args),
+    /// A real `tally start` process driven over loopback HTTP.
+    Server(server::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -26,5 +29,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Engine(args) => engine::run(args),
         Command::Journal(args) => journal::run(args),
+        Command::Server(args) => server::run(args),
     }
 }
