@@ -1,0 +1,1322 @@
+//! The ledger state machine: batches in, one result per event out.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use xxhash_rust::xxh3::Xxh3;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::id_hash::{IdMap, IdSet};
+use crate::limits::{
+    ACCOUNTS_MAX, BATCH_EVENTS_MAX, EVENT_SIZE, HISTORY_ROWS_MAX, NANOSECONDS_PER_SECOND,
+    TRANSFERS_MAX,
+};
+use crate::results::{CreateAccountResult, CreateTransferResult};
+use crate::types::{
+    Account, AccountBalance, AccountFlags, EventResult, Operation, Transfer, TransferFlags,
+};
+
+/// "No record": the end of a per-account list.
+pub(crate) const NONE: u32 = u32::MAX;
+
+/// A whole batch refused before any event is looked at. Deterministic: every replica refuses the
+/// same batch the same way. A refused batch changes no balance and no record, but it does advance
+/// the hash chain and `batches_applied` (with the error's code in place of results), so replicas
+/// that applied the same log agree on the chain whatever the log contains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("batch of {size} bytes is not a whole number of {EVENT_SIZE}-byte events")]
+    SizeNotMultipleOfEventSize { size: usize },
+    #[error("batch is empty")]
+    Empty,
+    #[error("batch has {count} events, more than the {BATCH_EVENTS_MAX} allowed")]
+    TooManyEvents { count: usize },
+    #[error("batch timestamp {timestamp} + {count} events overflows u64")]
+    TimestampOverflow { timestamp: u64, count: usize },
+}
+
+impl BatchError {
+    /// The byte mixed into the hash chain in place of results (0 means "applied").
+    pub fn code(&self) -> u8 {
+        match self {
+            BatchError::SizeNotMultipleOfEventSize { .. } => 1,
+            BatchError::Empty => 2,
+            BatchError::TooManyEvents { .. } => 3,
+            BatchError::TimestampOverflow { .. } => 4,
+        }
+    }
+}
+
+/// The state of a transfer created with the `pending` flag.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PendingStatus {
+    Pending = 1,
+    Posted = 2,
+    Voided = 3,
+    Expired = 4,
+}
+
+impl PendingStatus {
+    pub(crate) fn from_byte(byte: u8) -> Option<PendingStatus> {
+        match byte {
+            1 => Some(PendingStatus::Pending),
+            2 => Some(PendingStatus::Posted),
+            3 => Some(PendingStatus::Voided),
+            4 => Some(PendingStatus::Expired),
+            _ => None,
+        }
+    }
+}
+
+/// Heads of an account's intrusive lists (newest first). Derived state: rebuilt on restore.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AccountLinks {
+    pub(crate) transfers_head: u32,
+    pub(crate) history_head: u32,
+}
+
+/// For each transfer, the previous transfer of its debit account and of its credit account.
+/// Derived state: rebuilt on restore.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TransferLinks {
+    pub(crate) debit_previous: u32,
+    pub(crate) credit_previous: u32,
+}
+
+/// One row of balance history for an account with the `history` flag.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HistoryRow {
+    pub(crate) account_index: u32,
+    pub(crate) transfer_index: u32,
+    /// The account's previous row (derived: rebuilt on restore).
+    pub(crate) previous: u32,
+    pub(crate) balance: AccountBalance,
+}
+
+/// What a linked chain changed in place, so it can be undone. Records appended by the chain
+/// (accounts, transfers, history rows) are undone by truncating to the marks instead.
+#[derive(Clone, Copy, Debug)]
+enum Undo {
+    Balances {
+        account_index: u32,
+        balances: [u128; 4],
+    },
+    PendingResolved {
+        pending_index: u32,
+    },
+}
+
+/// Where a linked chain started: everything past these marks belongs to the chain.
+#[derive(Clone, Copy, Debug)]
+struct ChainMarks {
+    event_index: usize,
+    accounts_count: usize,
+    transfers_count: usize,
+    history_count: usize,
+}
+
+/// A result and the timestamp reported with it.
+#[derive(Clone, Copy, Debug)]
+struct Outcome<R> {
+    result: R,
+    timestamp: u64,
+}
+
+impl<R> Outcome<R> {
+    fn failed(result: R) -> Self {
+        Outcome {
+            result,
+            timestamp: 0,
+        }
+    }
+}
+
+/// The ledger: every account, transfer, pending state and failed id, in memory.
+///
+/// Single-threaded and deterministic: the same batches in the same order give the same results,
+/// the same `digest()` and the same `hash_chain()`.
+#[derive(Clone)]
+pub struct Ledger {
+    pub(crate) accounts_max: usize,
+    pub(crate) transfers_max: usize,
+    pub(crate) history_rows_max: usize,
+
+    /// In creation (= timestamp) order.
+    pub(crate) accounts: Vec<Account>,
+    pub(crate) account_links: Vec<AccountLinks>,
+    pub(crate) account_indexes: IdMap<u128, u32>,
+
+    /// In creation (= timestamp) order.
+    pub(crate) transfers: Vec<Transfer>,
+    pub(crate) transfer_links: Vec<TransferLinks>,
+    pub(crate) transfer_indexes: IdMap<u128, u32>,
+
+    /// Status of every transfer created with `pending`, by transfer index.
+    pub(crate) pending_statuses: IdMap<u32, PendingStatus>,
+    /// Pending transfers with a timeout, by (expires_at, timestamp): the order they expire in.
+    pub(crate) expiries: BTreeMap<(u64, u64), u32>,
+    /// Ids burned by transient failures.
+    pub(crate) failed_ids: IdSet<u128>,
+    pub(crate) history: Vec<HistoryRow>,
+
+    pub(crate) last_timestamp: u64,
+    pub(crate) batches_applied: u64,
+    pub(crate) hash_chain: u128,
+
+    undo: Vec<Undo>,
+    undo_recording: bool,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Ledger::new()
+    }
+}
+
+impl core::fmt::Debug for Ledger {
+    fn fmt(&self, formatter: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        formatter
+            .debug_struct("Ledger")
+            .field("accounts_count", &self.accounts.len())
+            .field("transfers_count", &self.transfers.len())
+            .field("failed_ids_count", &self.failed_ids.len())
+            .field("history_rows_count", &self.history.len())
+            .field("last_timestamp", &self.last_timestamp)
+            .field("batches_applied", &self.batches_applied)
+            .field("hash_chain", &format_args!("{:032x}", self.hash_chain))
+            .finish()
+    }
+}
+
+/// Decodes raw little-endian records, without copying when the bytes happen to be aligned.
+fn decode_records<T>(bytes: &[u8]) -> Cow<'_, [T]>
+where
+    T: FromBytes + IntoBytes + Immutable + KnownLayout + Clone + Default,
+{
+    assert_eq!(bytes.len() % core::mem::size_of::<T>(), 0);
+    match <[T]>::ref_from_bytes(bytes) {
+        Ok(records) => Cow::Borrowed(records),
+        Err(_) => {
+            let mut records = vec![T::default(); bytes.len() / core::mem::size_of::<T>()];
+            records.as_mut_bytes().copy_from_slice(bytes);
+            Cow::Owned(records)
+        }
+    }
+}
+
+fn balances_of(account: &Account) -> [u128; 4] {
+    [
+        account.debits_pending,
+        account.debits_posted,
+        account.credits_pending,
+        account.credits_posted,
+    ]
+}
+
+/// The limit of a constrained account holds (true for unconstrained accounts).
+fn within_limits(account: &Account) -> bool {
+    let debits = account.debits_pending.checked_add(account.debits_posted);
+    let credits = account.credits_pending.checked_add(account.credits_posted);
+    let debits_ok = !account.has_flag(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
+        || debits.is_some_and(|debits| debits <= account.credits_posted);
+    let credits_ok = !account.has_flag(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS)
+        || credits.is_some_and(|credits| credits <= account.debits_posted);
+    debits_ok && credits_ok
+}
+
+pub(crate) fn expires_at(transfer: &Transfer) -> Option<u64> {
+    assert!(transfer.timeout > 0);
+    let timeout_ns = transfer.timeout as u64 * NANOSECONDS_PER_SECOND;
+    transfer.timestamp.checked_add(timeout_ns)
+}
+
+impl Ledger {
+    /// A ledger with the default capacities (`limits::ACCOUNTS_MAX`, `limits::TRANSFERS_MAX`,
+    /// `limits::HISTORY_ROWS_MAX`). Memory grows with use; nothing is reserved up front.
+    pub fn new() -> Ledger {
+        Ledger::empty(ACCOUNTS_MAX, TRANSFERS_MAX, HISTORY_ROWS_MAX)
+    }
+
+    /// A ledger holding at most `accounts_max` accounts and `transfers_max` transfer ids (stored
+    /// transfers plus burned ids), with memory for both reserved up front, the way a production
+    /// node sizes itself at start-up.
+    pub fn with_capacity(accounts_max: usize, transfers_max: usize) -> Ledger {
+        assert!(accounts_max < NONE as usize);
+        assert!(transfers_max < NONE as usize);
+        let mut ledger = Ledger::empty(accounts_max, transfers_max, HISTORY_ROWS_MAX);
+        ledger.accounts.reserve_exact(accounts_max);
+        ledger.account_links.reserve_exact(accounts_max);
+        ledger.account_indexes.reserve(accounts_max);
+        ledger.transfers.reserve_exact(transfers_max);
+        ledger.transfer_links.reserve_exact(transfers_max);
+        ledger.transfer_indexes.reserve(transfers_max);
+        ledger
+    }
+
+    /// Like `with_capacity`, with the history capacity chosen too (rows of balance history for
+    /// accounts with the `history` flag; not reserved up front).
+    pub fn with_limits(
+        accounts_max: usize,
+        transfers_max: usize,
+        history_rows_max: usize,
+    ) -> Ledger {
+        let mut ledger = Ledger::with_capacity(accounts_max, transfers_max);
+        assert!(history_rows_max < NONE as usize);
+        ledger.history_rows_max = history_rows_max;
+        ledger
+    }
+
+    pub(crate) fn empty(
+        accounts_max: usize,
+        transfers_max: usize,
+        history_rows_max: usize,
+    ) -> Ledger {
+        assert!(accounts_max < NONE as usize);
+        assert!(transfers_max < NONE as usize);
+        assert!(history_rows_max < NONE as usize);
+        Ledger {
+            accounts_max,
+            transfers_max,
+            history_rows_max,
+            accounts: Vec::new(),
+            account_links: Vec::new(),
+            account_indexes: IdMap::default(),
+            transfers: Vec::new(),
+            transfer_links: Vec::new(),
+            transfer_indexes: IdMap::default(),
+            pending_statuses: IdMap::default(),
+            expiries: BTreeMap::new(),
+            failed_ids: IdSet::default(),
+            history: Vec::new(),
+            last_timestamp: 0,
+            batches_applied: 0,
+            hash_chain: 0,
+            undo: Vec::new(),
+            undo_recording: false,
+        }
+    }
+
+    pub fn accounts_max(&self) -> usize {
+        self.accounts_max
+    }
+
+    pub fn transfers_max(&self) -> usize {
+        self.transfers_max
+    }
+
+    /// The timestamp of the last event applied (0 before any).
+    pub fn last_timestamp(&self) -> u64 {
+        self.last_timestamp
+    }
+
+    /// Batches applied, refused ones included.
+    pub fn batches_applied(&self) -> u64 {
+        self.batches_applied
+    }
+
+    /// The running hash over every batch applied:
+    /// `chain' = xxh3_128(chain ‖ operation ‖ status ‖ timestamp ‖ event bytes ‖ result bytes)`.
+    pub fn hash_chain(&self) -> u128 {
+        self.hash_chain
+    }
+
+    pub fn accounts_count(&self) -> usize {
+        self.accounts.len()
+    }
+
+    pub fn transfers_count(&self) -> usize {
+        self.transfers.len()
+    }
+
+    /// Ids burned by transient failures.
+    pub fn failed_ids_count(&self) -> usize {
+        self.failed_ids.len()
+    }
+
+    /// The single deterministic entry point for the replicated log and for replay: `events` are
+    /// raw little-endian 128-byte records of the kind `operation` names.
+    ///
+    /// Panics if `timestamp <= last_timestamp()`: the leader guarantees increasing timestamps,
+    /// and a log that breaks that is not one this engine may apply.
+    pub fn apply(
+        &mut self,
+        operation: Operation,
+        timestamp: u64,
+        events: &[u8],
+    ) -> Result<Vec<EventResult>, BatchError> {
+        assert!(
+            timestamp > self.last_timestamp,
+            "batch timestamp {timestamp} not after {}",
+            self.last_timestamp
+        );
+        if let Err(error) = Self::check_batch(timestamp, events.len()) {
+            self.advance_hash_chain(operation, error.code(), timestamp, events, &[]);
+            return Err(error);
+        }
+        let results = match operation {
+            Operation::CreateAccounts => {
+                self.create_accounts(timestamp, &decode_records::<Account>(events))
+            }
+            Operation::CreateTransfers => {
+                self.create_transfers(timestamp, &decode_records::<Transfer>(events))
+            }
+        };
+        Ok(results)
+    }
+
+    fn check_batch(timestamp: u64, size: usize) -> Result<(), BatchError> {
+        if size % EVENT_SIZE != 0 {
+            return Err(BatchError::SizeNotMultipleOfEventSize { size });
+        }
+        let count = size / EVENT_SIZE;
+        if count == 0 {
+            return Err(BatchError::Empty);
+        }
+        if count > BATCH_EVENTS_MAX {
+            return Err(BatchError::TooManyEvents { count });
+        }
+        if timestamp.checked_add(count as u64 - 1).is_none() {
+            return Err(BatchError::TimestampOverflow { timestamp, count });
+        }
+        Ok(())
+    }
+
+    /// Preconditions shared by both operations, then expiry of pending transfers due by
+    /// `timestamp`.
+    fn begin_batch(&mut self, timestamp: u64, count: usize) {
+        assert!(
+            timestamp > self.last_timestamp,
+            "batch timestamp {timestamp} not after {}",
+            self.last_timestamp
+        );
+        assert!(
+            Self::check_batch(timestamp, count * EVENT_SIZE).is_ok(),
+            "batch of {count} events at {timestamp} must be checked by the caller"
+        );
+        assert!(self.undo.is_empty() && !self.undo_recording);
+        self.expire_pending_transfers(timestamp);
+    }
+
+    fn end_batch(
+        &mut self,
+        operation: Operation,
+        timestamp: u64,
+        events: &[u8],
+        results: &[EventResult],
+    ) {
+        assert_eq!(results.len() * EVENT_SIZE, events.len());
+        self.last_timestamp = timestamp + (results.len() as u64 - 1);
+        self.advance_hash_chain(operation, 0, timestamp, events, results.as_bytes());
+    }
+
+    fn advance_hash_chain(
+        &mut self,
+        operation: Operation,
+        status: u8,
+        timestamp: u64,
+        events: &[u8],
+        results: &[u8],
+    ) {
+        let mut hasher = Xxh3::new();
+        hasher.update(&self.hash_chain.to_le_bytes());
+        hasher.update(&[operation as u8, status]);
+        hasher.update(&timestamp.to_le_bytes());
+        hasher.update(events);
+        hasher.update(results);
+        self.hash_chain = hasher.digest128();
+        self.batches_applied += 1;
+    }
+
+    /// Releases every pending transfer whose expiry is at or before `timestamp`, oldest expiry
+    /// first. Expiry changes pending balances only and records no history row (it is not a
+    /// transfer and has no timestamp of its own).
+    fn expire_pending_transfers(&mut self, timestamp: u64) {
+        while let Some(entry) = self.expiries.first_entry() {
+            if entry.key().0 > timestamp {
+                break;
+            }
+            let pending_index = entry.remove();
+            let pending = self.transfers[pending_index as usize];
+            let status = self
+                .pending_statuses
+                .insert(pending_index, PendingStatus::Expired);
+            assert_eq!(status, Some(PendingStatus::Pending));
+            let debit_index = self.account_indexes[&pending.debit_account_id] as usize;
+            let credit_index = self.account_indexes[&pending.credit_account_id] as usize;
+            let debit = &mut self.accounts[debit_index];
+            debit.debits_pending = debit
+                .debits_pending
+                .checked_sub(pending.amount)
+                .expect("pending");
+            let credit = &mut self.accounts[credit_index];
+            credit.credits_pending = credit
+                .credits_pending
+                .checked_sub(pending.amount)
+                .expect("pending");
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Linked chains.
+
+    fn chain_begin(&mut self, event_index: usize) -> ChainMarks {
+        assert!(self.undo.is_empty() && !self.undo_recording);
+        self.undo_recording = true;
+        ChainMarks {
+            event_index,
+            accounts_count: self.accounts.len(),
+            transfers_count: self.transfers.len(),
+            history_count: self.history.len(),
+        }
+    }
+
+    fn chain_commit(&mut self) {
+        assert!(self.undo_recording);
+        self.undo.clear();
+        self.undo_recording = false;
+    }
+
+    /// Undoes everything the chain did since `marks`, newest first.
+    fn chain_rollback(&mut self, marks: &ChainMarks) {
+        assert!(self.undo_recording);
+        while self.history.len() > marks.history_count {
+            let row = self.history.pop().expect("history row");
+            self.account_links[row.account_index as usize].history_head = row.previous;
+        }
+        while self.transfers.len() > marks.transfers_count {
+            self.pop_transfer();
+        }
+        while self.accounts.len() > marks.accounts_count {
+            let account = self.accounts.pop().expect("account");
+            self.account_links.pop();
+            let removed = self.account_indexes.remove(&account.id);
+            assert_eq!(removed, Some(self.accounts.len() as u32));
+        }
+        while let Some(undo) = self.undo.pop() {
+            match undo {
+                Undo::Balances {
+                    account_index,
+                    balances,
+                } => {
+                    let account = &mut self.accounts[account_index as usize];
+                    [
+                        account.debits_pending,
+                        account.debits_posted,
+                        account.credits_pending,
+                        account.credits_posted,
+                    ] = balances;
+                }
+                Undo::PendingResolved { pending_index } => {
+                    let status = self
+                        .pending_statuses
+                        .insert(pending_index, PendingStatus::Pending);
+                    assert!(matches!(
+                        status,
+                        Some(PendingStatus::Posted | PendingStatus::Voided)
+                    ));
+                    let pending = &self.transfers[pending_index as usize];
+                    if pending.timeout > 0 {
+                        let expires_at = expires_at(pending).expect("checked on create");
+                        let key = (expires_at, pending.timestamp);
+                        assert!(self.expiries.insert(key, pending_index).is_none());
+                    }
+                }
+            }
+        }
+        self.undo_recording = false;
+    }
+
+    /// Removes the newest transfer and everything indexing it.
+    fn pop_transfer(&mut self) {
+        let transfer = self.transfers.pop().expect("transfer");
+        let links = self.transfer_links.pop().expect("transfer links");
+        let transfer_index = self.transfers.len() as u32;
+        let removed = self.transfer_indexes.remove(&transfer.id);
+        assert_eq!(removed, Some(transfer_index));
+        let debit_index = self.account_indexes[&transfer.debit_account_id] as usize;
+        let credit_index = self.account_indexes[&transfer.credit_account_id] as usize;
+        assert_eq!(
+            self.account_links[debit_index].transfers_head,
+            transfer_index
+        );
+        assert_eq!(
+            self.account_links[credit_index].transfers_head,
+            transfer_index
+        );
+        self.account_links[debit_index].transfers_head = links.debit_previous;
+        self.account_links[credit_index].transfers_head = links.credit_previous;
+        if transfer.has_flag(TransferFlags::PENDING) {
+            let status = self.pending_statuses.remove(&transfer_index);
+            assert_eq!(status, Some(PendingStatus::Pending));
+            if transfer.timeout > 0 {
+                let expires_at = expires_at(&transfer).expect("checked on create");
+                let removed = self.expiries.remove(&(expires_at, transfer.timestamp));
+                assert_eq!(removed, Some(transfer_index));
+            }
+        }
+    }
+
+    fn record_balances(&mut self, account_index: usize) {
+        if self.undo_recording {
+            let balances = balances_of(&self.accounts[account_index]);
+            self.undo.push(Undo::Balances {
+                account_index: account_index as u32,
+                balances,
+            });
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // create_accounts.
+
+    /// Creates accounts; `timestamp` is the first event's, event `i` gets `timestamp + i`.
+    ///
+    /// Panics if `events` is empty or longer than `BATCH_EVENTS_MAX`, or if the timestamps are
+    /// not after `last_timestamp()` (`apply` refuses such batches without panicking, except the
+    /// last, which only a broken leader produces).
+    pub fn create_accounts(&mut self, timestamp: u64, events: &[Account]) -> Vec<EventResult> {
+        self.begin_batch(timestamp, events.len());
+        let mut results: Vec<EventResult> = Vec::with_capacity(events.len());
+        let mut chain: Option<ChainMarks> = None;
+        let mut chain_broken = false;
+        for (index, event) in events.iter().enumerate() {
+            let linked = event.has_flag(AccountFlags::LINKED);
+            if linked && chain.is_none() {
+                chain = Some(self.chain_begin(index));
+            }
+            let outcome = if chain_broken {
+                Outcome::failed(CreateAccountResult::LinkedEventFailed)
+            } else if linked && index == events.len() - 1 {
+                Outcome::failed(CreateAccountResult::LinkedEventChainOpen)
+            } else {
+                self.create_account(event, timestamp + index as u64)
+            };
+            results.push(EventResult {
+                index: index as u32,
+                status: outcome.result.code(),
+                timestamp: outcome.timestamp,
+            });
+            if outcome.result != CreateAccountResult::Ok && !chain_broken {
+                if let Some(marks) = &chain {
+                    chain_broken = true;
+                    self.chain_rollback(marks);
+                    Self::fail_chain_results(
+                        &mut results,
+                        marks,
+                        CreateAccountResult::LinkedEventFailed.code(),
+                    );
+                }
+            }
+            if !linked {
+                if let Some(_marks) = chain.take() {
+                    if !chain_broken {
+                        self.chain_commit();
+                    }
+                    chain_broken = false;
+                }
+            }
+        }
+        // A chain still open here ended in `linked_event_chain_open` and was rolled back.
+        assert!(chain.is_none() || chain_broken);
+        assert!(!self.undo_recording);
+        self.end_batch(
+            Operation::CreateAccounts,
+            timestamp,
+            events.as_bytes(),
+            &results,
+        );
+        results
+    }
+
+    /// Marks every earlier result of a rolled-back chain as failed.
+    fn fail_chain_results(results: &mut [EventResult], marks: &ChainMarks, status: u32) {
+        let last = results.len() - 1;
+        for result in &mut results[marks.event_index..last] {
+            result.status = status;
+            result.timestamp = 0;
+        }
+    }
+
+    fn create_account(&mut self, event: &Account, timestamp: u64) -> Outcome<CreateAccountResult> {
+        use CreateAccountResult as R;
+        if let Err(result) = Self::validate_account(event) {
+            return Outcome::failed(result);
+        }
+        if let Some(&index) = self.account_indexes.get(&event.id) {
+            let existing = &self.accounts[index as usize];
+            return Outcome {
+                result: Self::account_exists(event, existing),
+                timestamp: existing.timestamp,
+            };
+        }
+        if self.accounts.len() >= self.accounts_max {
+            return Outcome::failed(R::AccountsCapacityExceeded);
+        }
+        let account_index = self.accounts.len() as u32;
+        self.accounts.push(Account {
+            timestamp,
+            ..*event
+        });
+        self.account_links.push(AccountLinks {
+            transfers_head: NONE,
+            history_head: NONE,
+        });
+        let previous = self.account_indexes.insert(event.id, account_index);
+        assert!(previous.is_none());
+        Outcome {
+            result: R::Ok,
+            timestamp,
+        }
+    }
+
+    /// Checks that depend on the event alone.
+    fn validate_account(event: &Account) -> Result<(), CreateAccountResult> {
+        use CreateAccountResult as R;
+        let checks = [
+            (event.timestamp != 0, R::TimestampMustBeZero),
+            (event.reserved != 0, R::ReservedField),
+            (event.flags & !AccountFlags::ALL != 0, R::ReservedFlag),
+            (event.id == 0, R::IdMustNotBeZero),
+            (event.id == u128::MAX, R::IdMustNotBeIntMax),
+            (
+                event.has_flag(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
+                    && event.has_flag(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS),
+                R::FlagsAreMutuallyExclusive,
+            ),
+            (event.debits_pending != 0, R::DebitsPendingMustBeZero),
+            (event.debits_posted != 0, R::DebitsPostedMustBeZero),
+            (event.credits_pending != 0, R::CreditsPendingMustBeZero),
+            (event.credits_posted != 0, R::CreditsPostedMustBeZero),
+            (event.ledger == 0, R::LedgerMustNotBeZero),
+            (event.code == 0, R::CodeMustNotBeZero),
+        ];
+        match checks.iter().find(|(failed, _)| *failed) {
+            Some((_, result)) => Err(*result),
+            None => Ok(()),
+        }
+    }
+
+    fn account_exists(event: &Account, existing: &Account) -> CreateAccountResult {
+        use CreateAccountResult as R;
+        let checks = [
+            (event.flags != existing.flags, R::ExistsWithDifferentFlags),
+            (
+                event.user_data_128 != existing.user_data_128,
+                R::ExistsWithDifferentUserData128,
+            ),
+            (
+                event.user_data_64 != existing.user_data_64,
+                R::ExistsWithDifferentUserData64,
+            ),
+            (
+                event.user_data_32 != existing.user_data_32,
+                R::ExistsWithDifferentUserData32,
+            ),
+            (
+                event.ledger != existing.ledger,
+                R::ExistsWithDifferentLedger,
+            ),
+            (event.code != existing.code, R::ExistsWithDifferentCode),
+        ];
+        match checks.iter().find(|(failed, _)| *failed) {
+            Some((_, result)) => *result,
+            None => R::Exists,
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // create_transfers.
+
+    /// Creates transfers; `timestamp` is the first event's, event `i` gets `timestamp + i`.
+    /// Pending transfers that expire at or before `timestamp` are expired first.
+    ///
+    /// Panics under the same conditions as `create_accounts`.
+    pub fn create_transfers(&mut self, timestamp: u64, events: &[Transfer]) -> Vec<EventResult> {
+        self.begin_batch(timestamp, events.len());
+        let mut results: Vec<EventResult> = Vec::with_capacity(events.len());
+        let mut chain: Option<ChainMarks> = None;
+        let mut chain_broken = false;
+        for (index, event) in events.iter().enumerate() {
+            let linked = event.has_flag(TransferFlags::LINKED);
+            if linked && chain.is_none() {
+                chain = Some(self.chain_begin(index));
+            }
+            let outcome = if chain_broken {
+                Outcome::failed(CreateTransferResult::LinkedEventFailed)
+            } else if linked && index == events.len() - 1 {
+                Outcome::failed(CreateTransferResult::LinkedEventChainOpen)
+            } else {
+                self.create_transfer(event, timestamp + index as u64)
+            };
+            results.push(EventResult {
+                index: index as u32,
+                status: outcome.result.code(),
+                timestamp: outcome.timestamp,
+            });
+            if outcome.result != CreateTransferResult::Ok {
+                if !chain_broken {
+                    if let Some(marks) = &chain {
+                        chain_broken = true;
+                        self.chain_rollback(marks);
+                        let failed = CreateTransferResult::LinkedEventFailed.code();
+                        Self::fail_chain_results(&mut results, marks, failed);
+                    }
+                }
+                // After any rollback: the burned id outlives the chain that failed.
+                if outcome.result.is_transient() {
+                    self.failed_ids.insert(event.id);
+                }
+            }
+            if !linked {
+                if let Some(_marks) = chain.take() {
+                    if !chain_broken {
+                        self.chain_commit();
+                    }
+                    chain_broken = false;
+                }
+            }
+        }
+        // A chain still open here ended in `linked_event_chain_open` and was rolled back.
+        assert!(chain.is_none() || chain_broken);
+        assert!(!self.undo_recording);
+        self.end_batch(
+            Operation::CreateTransfers,
+            timestamp,
+            events.as_bytes(),
+            &results,
+        );
+        results
+    }
+
+    fn create_transfer(
+        &mut self,
+        event: &Transfer,
+        timestamp: u64,
+    ) -> Outcome<CreateTransferResult> {
+        use CreateTransferResult as R;
+        if event.timestamp != 0 {
+            return Outcome::failed(R::TimestampMustBeZero);
+        }
+        if event.flags & !TransferFlags::ALL != 0 {
+            return Outcome::failed(R::ReservedFlag);
+        }
+        if event.id == 0 {
+            return Outcome::failed(R::IdMustNotBeZero);
+        }
+        if event.id == u128::MAX {
+            return Outcome::failed(R::IdMustNotBeIntMax);
+        }
+        if let Some(&index) = self.transfer_indexes.get(&event.id) {
+            let existing = &self.transfers[index as usize];
+            return Outcome {
+                result: self.transfer_exists(event, existing),
+                timestamp: existing.timestamp,
+            };
+        }
+        if !self.failed_ids.is_empty() && self.failed_ids.contains(&event.id) {
+            return Outcome::failed(R::IdAlreadyFailed);
+        }
+        if Self::flags_are_mutually_exclusive(event.flags) {
+            return Outcome::failed(R::FlagsAreMutuallyExclusive);
+        }
+        let resolving = TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER;
+        let result = if event.flags & resolving != 0 {
+            self.post_or_void_pending_transfer(event, timestamp)
+        } else {
+            self.create_single_phase_or_pending(event, timestamp)
+        };
+        match result {
+            Ok(()) => Outcome {
+                result: R::Ok,
+                timestamp,
+            },
+            Err(result) => Outcome::failed(result),
+        }
+    }
+
+    fn flags_are_mutually_exclusive(flags: u16) -> bool {
+        let has = |flag: u16| flags & flag != 0;
+        let post = has(TransferFlags::POST_PENDING_TRANSFER);
+        let void = has(TransferFlags::VOID_PENDING_TRANSFER);
+        let balancing = has(TransferFlags::BALANCING_DEBIT) || has(TransferFlags::BALANCING_CREDIT);
+        (post && void)
+            || (has(TransferFlags::PENDING) && (post || void))
+            || (balancing && (post || void))
+    }
+
+    /// Checks of a plain or pending transfer that depend on the event alone.
+    fn validate_transfer(event: &Transfer) -> Result<(), CreateTransferResult> {
+        use CreateTransferResult as R;
+        let pending = event.has_flag(TransferFlags::PENDING);
+        let checks = [
+            (event.debit_account_id == 0, R::DebitAccountIdMustNotBeZero),
+            (
+                event.debit_account_id == u128::MAX,
+                R::DebitAccountIdMustNotBeIntMax,
+            ),
+            (
+                event.credit_account_id == 0,
+                R::CreditAccountIdMustNotBeZero,
+            ),
+            (
+                event.credit_account_id == u128::MAX,
+                R::CreditAccountIdMustNotBeIntMax,
+            ),
+            (
+                event.debit_account_id == event.credit_account_id,
+                R::AccountsMustBeDifferent,
+            ),
+            (event.pending_id != 0, R::PendingIdMustBeZero),
+            (
+                !pending && event.timeout != 0,
+                R::TimeoutReservedForPendingTransfer,
+            ),
+            (event.ledger == 0, R::LedgerMustNotBeZero),
+            (event.code == 0, R::CodeMustNotBeZero),
+        ];
+        match checks.iter().find(|(failed, _)| *failed) {
+            Some((_, result)) => Err(*result),
+            None => Ok(()),
+        }
+    }
+
+    fn transfer_ids_full(&self) -> bool {
+        self.transfers.len() + self.failed_ids.len() >= self.transfers_max
+    }
+
+    fn history_rows_needed(&self, debit: &Account, credit: &Account) -> usize {
+        debit.has_flag(AccountFlags::HISTORY) as usize
+            + credit.has_flag(AccountFlags::HISTORY) as usize
+    }
+
+    fn create_single_phase_or_pending(
+        &mut self,
+        event: &Transfer,
+        timestamp: u64,
+    ) -> Result<(), CreateTransferResult> {
+        use CreateTransferResult as R;
+        Self::validate_transfer(event)?;
+        if self.transfer_ids_full() {
+            return Err(R::TransfersCapacityExceeded);
+        }
+        let debit_index = *self
+            .account_indexes
+            .get(&event.debit_account_id)
+            .ok_or(R::DebitAccountNotFound)? as usize;
+        let credit_index = *self
+            .account_indexes
+            .get(&event.credit_account_id)
+            .ok_or(R::CreditAccountNotFound)? as usize;
+        let debit = &self.accounts[debit_index];
+        let credit = &self.accounts[credit_index];
+        if debit.ledger != credit.ledger {
+            return Err(R::AccountsMustHaveTheSameLedger);
+        }
+        if event.ledger != debit.ledger {
+            return Err(R::TransferMustHaveTheSameLedgerAsAccounts);
+        }
+        if debit.has_flag(AccountFlags::CLOSED) {
+            return Err(R::DebitAccountAlreadyClosed);
+        }
+        if credit.has_flag(AccountFlags::CLOSED) {
+            return Err(R::CreditAccountAlreadyClosed);
+        }
+        let amount = Self::balanced_amount(event, debit, credit);
+        let pending = event.has_flag(TransferFlags::PENDING);
+        Self::check_amount(event, debit, credit, amount, timestamp)?;
+        if self.history.len() + self.history_rows_needed(debit, credit) > self.history_rows_max {
+            return Err(R::HistoryCapacityExceeded);
+        }
+
+        // Every check passed: from here on nothing fails.
+        self.record_balances(debit_index);
+        self.record_balances(credit_index);
+        let debit = &mut self.accounts[debit_index];
+        if pending {
+            debit.debits_pending += amount;
+        } else {
+            debit.debits_posted += amount;
+        }
+        assert!(within_limits(debit));
+        let credit = &mut self.accounts[credit_index];
+        if pending {
+            credit.credits_pending += amount;
+        } else {
+            credit.credits_posted += amount;
+        }
+        assert!(within_limits(credit));
+        let transfer = Transfer {
+            amount,
+            timestamp,
+            ..*event
+        };
+        let transfer_index = self.push_transfer(transfer, debit_index, credit_index);
+        if pending {
+            self.pending_statuses
+                .insert(transfer_index, PendingStatus::Pending);
+            if transfer.timeout > 0 {
+                let expires_at = expires_at(&transfer).expect("checked");
+                let key = (expires_at, timestamp);
+                assert!(self.expiries.insert(key, transfer_index).is_none());
+            }
+        }
+        self.push_history(debit_index, transfer_index);
+        self.push_history(credit_index, transfer_index);
+        Ok(())
+    }
+
+    /// A balancing transfer moves at most what is available, never driving a balance negative.
+    fn balanced_amount(event: &Transfer, debit: &Account, credit: &Account) -> u128 {
+        let mut amount = event.amount;
+        if event.has_flag(TransferFlags::BALANCING_DEBIT) {
+            let debits = debit.debits_posted.saturating_add(debit.debits_pending);
+            amount = amount.min(debit.credits_posted.saturating_sub(debits));
+        }
+        if event.has_flag(TransferFlags::BALANCING_CREDIT) {
+            let credits = credit.credits_posted.saturating_add(credit.credits_pending);
+            amount = amount.min(credit.debits_posted.saturating_sub(credits));
+        }
+        amount
+    }
+
+    /// Overflow and limit checks of a plain or pending transfer of `amount`.
+    fn check_amount(
+        event: &Transfer,
+        debit: &Account,
+        credit: &Account,
+        amount: u128,
+        timestamp: u64,
+    ) -> Result<(), CreateTransferResult> {
+        use CreateTransferResult as R;
+        let pending = event.has_flag(TransferFlags::PENDING);
+        if pending {
+            debit
+                .debits_pending
+                .checked_add(amount)
+                .ok_or(R::OverflowsDebitsPending)?;
+            credit
+                .credits_pending
+                .checked_add(amount)
+                .ok_or(R::OverflowsCreditsPending)?;
+        } else {
+            debit
+                .debits_posted
+                .checked_add(amount)
+                .ok_or(R::OverflowsDebitsPosted)?;
+            credit
+                .credits_posted
+                .checked_add(amount)
+                .ok_or(R::OverflowsCreditsPosted)?;
+        }
+        let debits = debit
+            .debits_pending
+            .checked_add(debit.debits_posted)
+            .and_then(|debits| debits.checked_add(amount))
+            .ok_or(R::OverflowsDebits)?;
+        let credits = credit
+            .credits_pending
+            .checked_add(credit.credits_posted)
+            .and_then(|credits| credits.checked_add(amount))
+            .ok_or(R::OverflowsCredits)?;
+        if pending && event.timeout > 0 {
+            let timeout_ns = event.timeout as u64 * NANOSECONDS_PER_SECOND;
+            timestamp
+                .checked_add(timeout_ns)
+                .ok_or(R::OverflowsTimeout)?;
+        }
+        if debit.has_flag(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
+            && debits > debit.credits_posted
+        {
+            return Err(R::ExceedsCredits);
+        }
+        if credit.has_flag(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS)
+            && credits > credit.debits_posted
+        {
+            return Err(R::ExceedsDebits);
+        }
+        Ok(())
+    }
+
+    fn post_or_void_pending_transfer(
+        &mut self,
+        event: &Transfer,
+        timestamp: u64,
+    ) -> Result<(), CreateTransferResult> {
+        use CreateTransferResult as R;
+        if event.pending_id == 0 {
+            return Err(R::PendingIdMustNotBeZero);
+        }
+        if event.pending_id == u128::MAX {
+            return Err(R::PendingIdMustNotBeIntMax);
+        }
+        if event.pending_id == event.id {
+            return Err(R::PendingIdMustBeDifferent);
+        }
+        if event.timeout != 0 {
+            return Err(R::TimeoutReservedForPendingTransfer);
+        }
+        if self.transfer_ids_full() {
+            return Err(R::TransfersCapacityExceeded);
+        }
+        let pending_index = *self
+            .transfer_indexes
+            .get(&event.pending_id)
+            .ok_or(R::PendingTransferNotFound)?;
+        let pending = self.transfers[pending_index as usize];
+        let amount = self.check_post_or_void(event, &pending, pending_index, timestamp)?;
+        let debit_index = self.account_indexes[&pending.debit_account_id] as usize;
+        let credit_index = self.account_indexes[&pending.credit_account_id] as usize;
+        let post = event.has_flag(TransferFlags::POST_PENDING_TRANSFER);
+        let debit = &self.accounts[debit_index];
+        let credit = &self.accounts[credit_index];
+        if post {
+            debit
+                .debits_posted
+                .checked_add(amount)
+                .ok_or(R::OverflowsDebitsPosted)?;
+            credit
+                .credits_posted
+                .checked_add(amount)
+                .ok_or(R::OverflowsCreditsPosted)?;
+        }
+        if self.history.len() + self.history_rows_needed(debit, credit) > self.history_rows_max {
+            return Err(R::HistoryCapacityExceeded);
+        }
+
+        // Every check passed: from here on nothing fails.
+        self.record_balances(debit_index);
+        self.record_balances(credit_index);
+        let posted = if post { amount } else { 0 };
+        let debit = &mut self.accounts[debit_index];
+        debit.debits_pending = debit
+            .debits_pending
+            .checked_sub(pending.amount)
+            .expect("pending");
+        debit.debits_posted += posted;
+        assert!(within_limits(debit));
+        let credit = &mut self.accounts[credit_index];
+        credit.credits_pending = credit
+            .credits_pending
+            .checked_sub(pending.amount)
+            .expect("pending");
+        credit.credits_posted += posted;
+        assert!(within_limits(credit));
+        self.resolve_pending(pending_index, post);
+        let inherit = |mine: u128, theirs: u128| if mine != 0 { mine } else { theirs };
+        let transfer = Transfer {
+            id: event.id,
+            debit_account_id: pending.debit_account_id,
+            credit_account_id: pending.credit_account_id,
+            amount,
+            pending_id: pending.id,
+            user_data_128: inherit(event.user_data_128, pending.user_data_128),
+            user_data_64: inherit(event.user_data_64 as u128, pending.user_data_64 as u128) as u64,
+            user_data_32: inherit(event.user_data_32 as u128, pending.user_data_32 as u128) as u32,
+            timeout: 0,
+            ledger: pending.ledger,
+            code: pending.code,
+            flags: event.flags,
+            timestamp,
+        };
+        let transfer_index = self.push_transfer(transfer, debit_index, credit_index);
+        self.push_history(debit_index, transfer_index);
+        self.push_history(credit_index, transfer_index);
+        Ok(())
+    }
+
+    /// The checks of a post or void against its pending transfer; returns the amount the new
+    /// transfer records (posted amount, or the released amount for a void).
+    fn check_post_or_void(
+        &self,
+        event: &Transfer,
+        pending: &Transfer,
+        pending_index: u32,
+        timestamp: u64,
+    ) -> Result<u128, CreateTransferResult> {
+        use CreateTransferResult as R;
+        if !pending.has_flag(TransferFlags::PENDING) {
+            return Err(R::PendingTransferNotPending);
+        }
+        let differs = |mine: u128, theirs: u128| mine != 0 && mine != theirs;
+        if differs(event.debit_account_id, pending.debit_account_id) {
+            return Err(R::PendingTransferHasDifferentDebitAccountId);
+        }
+        if differs(event.credit_account_id, pending.credit_account_id) {
+            return Err(R::PendingTransferHasDifferentCreditAccountId);
+        }
+        if differs(event.ledger as u128, pending.ledger as u128) {
+            return Err(R::PendingTransferHasDifferentLedger);
+        }
+        if differs(event.code as u128, pending.code as u128) {
+            return Err(R::PendingTransferHasDifferentCode);
+        }
+        let amount = if event.has_flag(TransferFlags::POST_PENDING_TRANSFER) {
+            match event.amount {
+                u128::MAX => pending.amount,
+                amount if amount > pending.amount => return Err(R::ExceedsPendingTransferAmount),
+                amount => amount,
+            }
+        } else {
+            if !matches!(event.amount, 0 | u128::MAX) && event.amount != pending.amount {
+                return Err(R::PendingTransferHasDifferentAmount);
+            }
+            pending.amount
+        };
+        match self.pending_statuses[&pending_index] {
+            PendingStatus::Pending => {}
+            PendingStatus::Posted => return Err(R::PendingTransferAlreadyPosted),
+            PendingStatus::Voided => return Err(R::PendingTransferAlreadyVoided),
+            PendingStatus::Expired => return Err(R::PendingTransferExpired),
+        }
+        if pending.timeout > 0 && expires_at(pending).expect("checked on create") <= timestamp {
+            return Err(R::PendingTransferExpired);
+        }
+        Ok(amount)
+    }
+
+    /// Marks a pending transfer posted or voided: at most once, asserted.
+    fn resolve_pending(&mut self, pending_index: u32, post: bool) {
+        let status = if post {
+            PendingStatus::Posted
+        } else {
+            PendingStatus::Voided
+        };
+        let previous = self.pending_statuses.insert(pending_index, status);
+        assert_eq!(
+            previous,
+            Some(PendingStatus::Pending),
+            "pending resolved twice"
+        );
+        let pending = &self.transfers[pending_index as usize];
+        if pending.timeout > 0 {
+            let expires_at = expires_at(pending).expect("checked on create");
+            let removed = self.expiries.remove(&(expires_at, pending.timestamp));
+            assert_eq!(removed, Some(pending_index));
+        }
+        if self.undo_recording {
+            self.undo.push(Undo::PendingResolved { pending_index });
+        }
+    }
+
+    /// Appends a transfer, indexes it and links it at the head of both accounts' lists.
+    fn push_transfer(
+        &mut self,
+        transfer: Transfer,
+        debit_index: usize,
+        credit_index: usize,
+    ) -> u32 {
+        let transfer_index = self.transfers.len() as u32;
+        assert!(self.transfers.len() < self.transfers_max);
+        self.transfers.push(transfer);
+        self.transfer_links.push(TransferLinks {
+            debit_previous: self.account_links[debit_index].transfers_head,
+            credit_previous: self.account_links[credit_index].transfers_head,
+        });
+        self.account_links[debit_index].transfers_head = transfer_index;
+        self.account_links[credit_index].transfers_head = transfer_index;
+        let previous = self.transfer_indexes.insert(transfer.id, transfer_index);
+        assert!(previous.is_none());
+        transfer_index
+    }
+
+    fn push_history(&mut self, account_index: usize, transfer_index: u32) {
+        let account = &self.accounts[account_index];
+        if !account.has_flag(AccountFlags::HISTORY) {
+            return;
+        }
+        assert!(self.history.len() < self.history_rows_max);
+        let balance = AccountBalance {
+            debits_pending: account.debits_pending,
+            debits_posted: account.debits_posted,
+            credits_pending: account.credits_pending,
+            credits_posted: account.credits_posted,
+            timestamp: self.transfers[transfer_index as usize].timestamp,
+            ..AccountBalance::default()
+        };
+        let links = &mut self.account_links[account_index];
+        self.history.push(HistoryRow {
+            account_index: account_index as u32,
+            transfer_index,
+            previous: links.history_head,
+            balance,
+        });
+        links.history_head = (self.history.len() - 1) as u32;
+    }
+
+    /// Whether a stored transfer matches a retried event, field by field in precedence order.
+    fn transfer_exists(&self, event: &Transfer, existing: &Transfer) -> CreateTransferResult {
+        use CreateTransferResult as R;
+        if event.flags != existing.flags {
+            return R::ExistsWithDifferentFlags;
+        }
+        let post = event.has_flag(TransferFlags::POST_PENDING_TRANSFER);
+        let void = event.has_flag(TransferFlags::VOID_PENDING_TRANSFER);
+        // Fields a post or void may leave zero to inherit from the pending transfer.
+        let inherited = |mine: u128, theirs: u128| {
+            if post || void {
+                mine != 0 && mine != theirs
+            } else {
+                mine != theirs
+            }
+        };
+        let amount_differs = if post {
+            let pending_amount =
+                self.transfers[self.transfer_indexes[&existing.pending_id] as usize].amount;
+            match event.amount {
+                u128::MAX => existing.amount != pending_amount,
+                amount => amount != existing.amount,
+            }
+        } else if void {
+            !matches!(event.amount, 0 | u128::MAX) && event.amount != existing.amount
+        } else if event.has_flag(TransferFlags::BALANCING_DEBIT | TransferFlags::BALANCING_CREDIT) {
+            // The stored amount is what was available: at most what was asked.
+            event.amount < existing.amount
+        } else {
+            event.amount != existing.amount
+        };
+        let checks = [
+            (
+                event.pending_id != existing.pending_id,
+                R::ExistsWithDifferentPendingId,
+            ),
+            (
+                event.timeout != existing.timeout,
+                R::ExistsWithDifferentTimeout,
+            ),
+            (
+                inherited(event.debit_account_id, existing.debit_account_id),
+                R::ExistsWithDifferentDebitAccountId,
+            ),
+            (
+                inherited(event.credit_account_id, existing.credit_account_id),
+                R::ExistsWithDifferentCreditAccountId,
+            ),
+            (amount_differs, R::ExistsWithDifferentAmount),
+            (
+                inherited(event.user_data_128, existing.user_data_128),
+                R::ExistsWithDifferentUserData128,
+            ),
+            (
+                inherited(event.user_data_64 as u128, existing.user_data_64 as u128),
+                R::ExistsWithDifferentUserData64,
+            ),
+            (
+                inherited(event.user_data_32 as u128, existing.user_data_32 as u128),
+                R::ExistsWithDifferentUserData32,
+            ),
+            (
+                inherited(event.ledger as u128, existing.ledger as u128),
+                R::ExistsWithDifferentLedger,
+            ),
+            (
+                inherited(event.code as u128, existing.code as u128),
+                R::ExistsWithDifferentCode,
+            ),
+        ];
+        match checks.iter().find(|(failed, _)| *failed) {
+            Some((_, result)) => *result,
+            None => R::Exists,
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! Snapshot: the whole state as one versioned, checksummed byte string.
+//!
+//! Layout (all integers little-endian), documented in docs/design.md §2:
+//!
+//! ```text
+//! header   magic "TALLYSNP" (8) | version u32 | reserved u32 (0)
+//! meta     accounts_max u64 | transfers_max u64 | history_rows_max u64 | last_timestamp u64
+//!          | batches_applied u64 | hash_chain u128
+//!          | accounts_count u64 | transfers_count u64 | pending_count u64 | failed_ids_count u64
+//!          | history_rows_count u64
+//! body     accounts       accounts_count × 128-byte Account, in creation order
+//!          transfers      transfers_count × 128-byte Transfer, in creation order
+//!          pending        pending_count × (transfer_index u32 | status u8 | 3 zero bytes),
+//!                         by transfer index
+//!          failed ids     failed_ids_count × u128, ascending
+//!          history rows   history_rows_count × (account_index u32 | transfer_index u32
+//!                         | 128-byte AccountBalance), in creation order
+//! trailer  crc32c u32 over every byte before it
+//! ```
+//!
+//! Indexes and per-account lists are derived and rebuilt on restore.
+
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::id_hash::{IdMap, IdSet};
+use crate::ledger::{
+    expires_at, AccountLinks, HistoryRow, Ledger, PendingStatus, TransferLinks, NONE,
+};
+use crate::limits::{SNAPSHOT_HEADER_SIZE, SNAPSHOT_VERSION};
+use crate::types::{Account, AccountBalance, Transfer, TransferFlags};
+
+const MAGIC: &[u8; 8] = b"TALLYSNP";
+const META_SIZE: usize = 5 * 8 + 16 + 5 * 8;
+const PENDING_RECORD_SIZE: usize = 8;
+const HISTORY_RECORD_SIZE: usize = 8 + 128;
+const TRAILER_SIZE: usize = 4;
+
+/// Why a snapshot could not be restored. Never a panic: every byte string gets an answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot is {size} bytes, shorter than the smallest snapshot")]
+    Truncated { size: usize },
+    #[error("not a snapshot (bad magic)")]
+    BadMagic,
+    #[error("snapshot checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    ChecksumMismatch { stored: u32, computed: u32 },
+    #[error("snapshot version {version} unsupported (this build reads {SNAPSHOT_VERSION})")]
+    UnsupportedVersion { version: u32 },
+    #[error("snapshot is inconsistent: {0}")]
+    Invalid(&'static str),
+}
+
+/// Reads fields in order, failing (not panicking) past the end.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, size: usize) -> Result<&'a [u8], SnapshotError> {
+        if size > self.bytes.len() {
+            return Err(SnapshotError::Invalid("section runs past the end"));
+        }
+        let (head, tail) = self.bytes.split_at(size);
+        self.bytes = tail;
+        Ok(head)
+    }
+
+    fn u32(&mut self) -> Result<u32, SnapshotError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn u64(&mut self) -> Result<u64, SnapshotError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn u128(&mut self) -> Result<u128, SnapshotError> {
+        Ok(u128::from_le_bytes(
+            self.take(16)?.try_into().expect("16 bytes"),
+        ))
+    }
+}
+
+impl Ledger {
+    /// The whole state, versioned and checksummed. Deterministic: equal ledgers give equal bytes.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut pending: Vec<(u32, PendingStatus)> = self
+            .pending_statuses
+            .iter()
+            .map(|(index, status)| (*index, *status))
+            .collect();
+        pending.sort_unstable_by_key(|(index, _)| *index);
+        let mut failed_ids: Vec<u128> = self.failed_ids.iter().copied().collect();
+        failed_ids.sort_unstable();
+
+        let size = SNAPSHOT_HEADER_SIZE
+            + META_SIZE
+            + self.accounts.len() * 128
+            + self.transfers.len() * 128
+            + pending.len() * PENDING_RECORD_SIZE
+            + failed_ids.len() * 16
+            + self.history.len() * HISTORY_RECORD_SIZE
+            + TRAILER_SIZE;
+        let mut bytes = Vec::with_capacity(size);
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        for value in [
+            self.accounts_max as u64,
+            self.transfers_max as u64,
+            self.history_rows_max as u64,
+            self.last_timestamp,
+            self.batches_applied,
+        ] {
+            bytes.extend_from_slice(&value.to_le_bytes());
+        }
+        bytes.extend_from_slice(&self.hash_chain.to_le_bytes());
+        for count in [
+            self.accounts.len(),
+            self.transfers.len(),
+            pending.len(),
+            failed_ids.len(),
+            self.history.len(),
+        ] {
+            bytes.extend_from_slice(&(count as u64).to_le_bytes());
+        }
+        bytes.extend_from_slice(self.accounts.as_bytes());
+        bytes.extend_from_slice(self.transfers.as_bytes());
+        for (index, status) in &pending {
+            bytes.extend_from_slice(&index.to_le_bytes());
+            bytes.extend_from_slice(&[*status as u8, 0, 0, 0]);
+        }
+        for id in &failed_ids {
+            bytes.extend_from_slice(&id.to_le_bytes());
+        }
+        for row in &self.history {
+            bytes.extend_from_slice(&row.account_index.to_le_bytes());
+            bytes.extend_from_slice(&row.transfer_index.to_le_bytes());
+            bytes.extend_from_slice(row.balance.as_bytes());
+        }
+        let checksum = crc32c::crc32c(&bytes);
+        bytes.extend_from_slice(&checksum.to_le_bytes());
+        assert_eq!(bytes.len(), size);
+        bytes
+    }
+
+    /// Rebuilds a ledger from `snapshot()` bytes. Any truncation, corruption or unknown version
+    /// is an error, never a panic.
+    pub fn restore(bytes: &[u8]) -> Result<Ledger, SnapshotError> {
+        if bytes.len() < SNAPSHOT_HEADER_SIZE + META_SIZE + TRAILER_SIZE {
+            return Err(SnapshotError::Truncated { size: bytes.len() });
+        }
+        if &bytes[..8] != MAGIC {
+            return Err(SnapshotError::BadMagic);
+        }
+        let (body, trailer) = bytes.split_at(bytes.len() - TRAILER_SIZE);
+        let stored = u32::from_le_bytes(trailer.try_into().expect("4 bytes"));
+        let computed = crc32c::crc32c(body);
+        if stored != computed {
+            return Err(SnapshotError::ChecksumMismatch { stored, computed });
+        }
+        let mut reader = Reader { bytes: &body[8..] };
+        let version = reader.u32()?;
+        if version != SNAPSHOT_VERSION {
+            return Err(SnapshotError::UnsupportedVersion { version });
+        }
+        if reader.u32()? != 0 {
+            return Err(SnapshotError::Invalid("reserved header field is not zero"));
+        }
+        let ledger = Self::read_body(&mut reader)?;
+        if !reader.bytes.is_empty() {
+            return Err(SnapshotError::Invalid(
+                "trailing bytes after the last section",
+            ));
+        }
+        Ok(ledger)
+    }
+
+    fn read_body(reader: &mut Reader<'_>) -> Result<Ledger, SnapshotError> {
+        let capacity = |value: u64| {
+            usize::try_from(value)
+                .ok()
+                .filter(|value| *value < NONE as usize)
+                .ok_or(SnapshotError::Invalid("capacity out of range"))
+        };
+        let accounts_max = capacity(reader.u64()?)?;
+        let transfers_max = capacity(reader.u64()?)?;
+        let history_rows_max = capacity(reader.u64()?)?;
+        let mut ledger = Ledger::empty(accounts_max, transfers_max, history_rows_max);
+        ledger.last_timestamp = reader.u64()?;
+        ledger.batches_applied = reader.u64()?;
+        ledger.hash_chain = reader.u128()?;
+        let mut counts = [0u64; 5];
+        for count in &mut counts {
+            *count = reader.u64()?;
+        }
+        let mut reader_counts = counts.iter();
+        let mut next_count = |record_size: usize, reader: &mut Reader<'_>| {
+            let count = *reader_counts.next().expect("five counts");
+            let fits = usize::try_from(count)
+                .ok()
+                .and_then(|count| count.checked_mul(record_size))
+                .is_some_and(|size| size <= reader.bytes.len());
+            if fits {
+                Ok(count as usize)
+            } else {
+                Err(SnapshotError::Invalid(
+                    "record count larger than the snapshot",
+                ))
+            }
+        };
+        let accounts_count = next_count(128, reader)?;
+        ledger.read_accounts(reader.take(accounts_count * 128)?)?;
+        let transfers_count = next_count(128, reader)?;
+        ledger.read_transfers(reader.take(transfers_count * 128)?)?;
+        let pending_count = next_count(PENDING_RECORD_SIZE, reader)?;
+        ledger.read_pending(reader, pending_count)?;
+        let failed_count = next_count(16, reader)?;
+        ledger.read_failed_ids(reader, failed_count)?;
+        let history_count = next_count(HISTORY_RECORD_SIZE, reader)?;
+        ledger.read_history(reader, history_count)?;
+        ledger.check_restored()?;
+        Ok(ledger)
+    }
+
+    fn read_accounts(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
+        let count = bytes.len() / 128;
+        if count > self.accounts_max {
+            return Err(SnapshotError::Invalid("more accounts than capacity"));
+        }
+        self.accounts = vec![Account::default(); count];
+        self.accounts.as_mut_bytes().copy_from_slice(bytes);
+        self.account_links = vec![
+            AccountLinks {
+                transfers_head: NONE,
+                history_head: NONE,
+            };
+            count
+        ];
+        self.account_indexes = IdMap::default();
+        self.account_indexes.reserve(count);
+        for (index, account) in self.accounts.iter().enumerate() {
+            if self
+                .account_indexes
+                .insert(account.id, index as u32)
+                .is_some()
+            {
+                return Err(SnapshotError::Invalid("duplicate account id"));
+            }
+        }
+        Ok(())
+    }
+
+    fn read_transfers(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
+        let count = bytes.len() / 128;
+        if count > self.transfers_max {
+            return Err(SnapshotError::Invalid("more transfers than capacity"));
+        }
+        self.transfers = vec![Transfer::default(); count];
+        self.transfers.as_mut_bytes().copy_from_slice(bytes);
+        self.transfer_links = Vec::with_capacity(count);
+        self.transfer_indexes.reserve(count);
+        for index in 0..count {
+            let transfer = self.transfers[index];
+            if self
+                .transfer_indexes
+                .insert(transfer.id, index as u32)
+                .is_some()
+            {
+                return Err(SnapshotError::Invalid("duplicate transfer id"));
+            }
+            let debit = self.account_indexes.get(&transfer.debit_account_id);
+            let credit = self.account_indexes.get(&transfer.credit_account_id);
+            let (Some(&debit), Some(&credit)) = (debit, credit) else {
+                return Err(SnapshotError::Invalid("transfer of an unknown account"));
+            };
+            if debit == credit {
+                return Err(SnapshotError::Invalid("transfer between one account"));
+            }
+            let (debit, credit) = (debit as usize, credit as usize);
+            self.transfer_links.push(TransferLinks {
+                debit_previous: self.account_links[debit].transfers_head,
+                credit_previous: self.account_links[credit].transfers_head,
+            });
+            self.account_links[debit].transfers_head = index as u32;
+            self.account_links[credit].transfers_head = index as u32;
+        }
+        Ok(())
+    }
+
+    fn read_pending(&mut self, reader: &mut Reader<'_>, count: usize) -> Result<(), SnapshotError> {
+        for _ in 0..count {
+            let index = reader.u32()?;
+            let status_bytes = reader.take(4)?;
+            let status = PendingStatus::from_byte(status_bytes[0])
+                .filter(|_| status_bytes[1..] == [0, 0, 0])
+                .ok_or(SnapshotError::Invalid("unknown pending status"))?;
+            let transfer = self
+                .transfers
+                .get(index as usize)
+                .filter(|transfer| transfer.has_flag(TransferFlags::PENDING))
+                .copied()
+                .ok_or(SnapshotError::Invalid(
+                    "pending status of a transfer that is not pending",
+                ))?;
+            if self.pending_statuses.insert(index, status).is_some() {
+                return Err(SnapshotError::Invalid("duplicate pending status"));
+            }
+            if status == PendingStatus::Pending && transfer.timeout > 0 {
+                let expires_at =
+                    expires_at(&transfer).ok_or(SnapshotError::Invalid("expiry overflows"))?;
+                self.expiries
+                    .insert((expires_at, transfer.timestamp), index);
+            }
+        }
+        Ok(())
+    }
+
+    fn read_failed_ids(
+        &mut self,
+        reader: &mut Reader<'_>,
+        count: usize,
+    ) -> Result<(), SnapshotError> {
+        self.failed_ids = IdSet::default();
+        self.failed_ids.reserve(count);
+        for _ in 0..count {
+            let id = reader.u128()?;
+            if !self.failed_ids.insert(id) || self.transfer_indexes.contains_key(&id) {
+                return Err(SnapshotError::Invalid("duplicate failed id"));
+            }
+        }
+        if self.transfers.len() + self.failed_ids.len() > self.transfers_max {
+            return Err(SnapshotError::Invalid("more transfer ids than capacity"));
+        }
+        Ok(())
+    }
+
+    fn read_history(&mut self, reader: &mut Reader<'_>, count: usize) -> Result<(), SnapshotError> {
+        if count > self.history_rows_max {
+            return Err(SnapshotError::Invalid("more history rows than capacity"));
+        }
+        self.history = Vec::with_capacity(count);
+        for _ in 0..count {
+            let account_index = reader.u32()?;
+            let transfer_index = reader.u32()?;
+            let balance = AccountBalance::read_from_bytes(reader.take(128)?)
+                .map_err(|_| SnapshotError::Invalid("history row"))?;
+            if account_index as usize >= self.accounts.len()
+                || transfer_index as usize >= self.transfers.len()
+            {
+                return Err(SnapshotError::Invalid("history row of an unknown record"));
+            }
+            let links = &mut self.account_links[account_index as usize];
+            self.history.push(HistoryRow {
+                account_index,
+                transfer_index,
+                previous: links.history_head,
+                balance,
+            });
+            links.history_head = (self.history.len() - 1) as u32;
+        }
+        Ok(())
+    }
+
+    /// Consistency a checksum cannot vouch for if the snapshot was produced by a buggy or hostile
+    /// writer: every pending transfer has a status.
+    fn check_restored(&self) -> Result<(), SnapshotError> {
+        let pending_count = self
+            .transfers
+            .iter()
+            .filter(|transfer| transfer.has_flag(TransferFlags::PENDING))
+            .count();
+        if pending_count != self.pending_statuses.len() {
+            return Err(SnapshotError::Invalid("pending transfer without a status"));
+        }
+        let resolving = TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER;
+        for transfer in &self.transfers {
+            if transfer.flags & resolving != 0
+                && !self.transfer_indexes.contains_key(&transfer.pending_id)
+            {
+                return Err(SnapshotError::Invalid(
+                    "post or void of an unknown pending transfer",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
