@@ -1,0 +1,51 @@
+//! Every bound of the journal, in one place, with the relations between them
+//! asserted at compile time.
+
+/// Size of one event record inside a batch payload.
+pub const EVENT_SIZE: usize = 128;
+/// Most events one batch entry may carry. Chosen so that a full entry
+/// (header + payload) fits in 1 MiB.
+pub const BATCH_EVENTS_MAX: u32 = 8189;
+/// Largest payload of any entry kind.
+pub const PAYLOAD_SIZE_MAX: u32 = BATCH_EVENTS_MAX * EVENT_SIZE as u32;
+/// Size of the fixed entry header.
+pub const ENTRY_HEADER_SIZE: usize = 64;
+/// Every entry starts at a multiple of this offset inside its segment.
+pub const ENTRY_ALIGNMENT: usize = 8;
+/// Largest on-disk record (header + payload + padding).
+pub const ENTRY_RECORD_SIZE_MAX: usize = ENTRY_HEADER_SIZE + PAYLOAD_SIZE_MAX as usize;
+/// Size of the header at the start of every segment file.
+pub const SEGMENT_HEADER_SIZE: usize = 64;
+/// Default size of one segment file.
+pub const SEGMENT_SIZE_DEFAULT: u64 = 64 * 1024 * 1024;
+/// Smallest segment size accepted by [`crate::JournalOptions`] (tests use small segments).
+pub const SEGMENT_SIZE_MIN: u64 = 4096;
+/// Largest segment size: entry offsets inside a segment are stored as `u32`.
+pub const SEGMENT_SIZE_MAX: u64 = u32::MAX as u64;
+/// Appends are coalesced into one write of at most this many bytes.
+pub const WRITE_BUFFER_SIZE: usize = 4 * 1024 * 1024;
+/// Window used when scanning the rest of the last segment after its end.
+pub const SCAN_WINDOW_SIZE: usize = 1024 * 1024;
+/// The on-disk format version written by this build (segments, records, snapshots).
+pub const FORMAT_VERSION: u16 = 1;
+/// Size of one slot of an atomic record file (vote/metadata, purge record).
+pub const RECORD_SLOT_SIZE: usize = 4096;
+/// Size of the header of one record slot.
+pub const RECORD_HEADER_SIZE: usize = 32;
+/// Largest payload of an atomic record.
+pub const RECORD_PAYLOAD_SIZE_MAX: usize = RECORD_SLOT_SIZE - RECORD_HEADER_SIZE;
+/// Size of the snapshot file header.
+pub const SNAPSHOT_HEADER_SIZE: usize = 64;
+/// Snapshot data is written in chunks of this size.
+pub const SNAPSHOT_WRITE_CHUNK_SIZE: usize = 4 * 1024 * 1024;
+
+const _: () = assert!(ENTRY_RECORD_SIZE_MAX <= 1024 * 1024);
+const _: () = assert!(ENTRY_HEADER_SIZE % ENTRY_ALIGNMENT == 0);
+const _: () = assert!(SEGMENT_HEADER_SIZE % ENTRY_ALIGNMENT == 0);
+const _: () = assert!(EVENT_SIZE % ENTRY_ALIGNMENT == 0);
+const _: () = assert!(ENTRY_RECORD_SIZE_MAX <= WRITE_BUFFER_SIZE);
+const _: () = assert!(SEGMENT_SIZE_DEFAULT >= (SEGMENT_HEADER_SIZE + ENTRY_RECORD_SIZE_MAX) as u64);
+const _: () = assert!(SEGMENT_SIZE_DEFAULT <= SEGMENT_SIZE_MAX);
+const _: () = assert!(SEGMENT_SIZE_MIN >= (SEGMENT_HEADER_SIZE + ENTRY_HEADER_SIZE) as u64);
+const _: () = assert!(SCAN_WINDOW_SIZE % ENTRY_ALIGNMENT == 0);
+const _: () = assert!(RECORD_SLOT_SIZE > RECORD_HEADER_SIZE);

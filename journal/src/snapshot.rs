@@ -1,0 +1,205 @@
+//! The snapshot store: the latest snapshot of the engine's state, with the log id it
+//! covers, in one checksummed file replaced atomically.
+//!
+//! Save: write `snapshot.tmp`, fsync it, rename it over `snapshot`, fsync the
+//! directory. Until the rename the previous snapshot stays in place, so a crash at any
+//! point leaves either the old or the new snapshot, never a mix.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::entry::{u16_at, u32_at, u64_at};
+use crate::error::{Error, Result};
+use crate::limits::{FORMAT_VERSION, SNAPSHOT_HEADER_SIZE, SNAPSHOT_WRITE_CHUNK_SIZE};
+use crate::storage::Storage;
+use crate::EntryId;
+
+/// Magic at the start of a snapshot file.
+pub const SNAPSHOT_MAGIC: [u8; 4] = *b"TLYS";
+/// File name of the current snapshot.
+pub const SNAPSHOT_FILE_NAME: &str = "snapshot";
+/// File name of a snapshot being written.
+pub const SNAPSHOT_TEMP_FILE_NAME: &str = "snapshot.tmp";
+
+/// Offsets inside the snapshot header (documented in docs/design.md §3).
+mod field {
+    pub const MAGIC: usize = 0;
+    pub const VERSION: usize = 4;
+    pub const HAS_LOG_ID: usize = 6;
+    pub const TERM: usize = 8;
+    pub const LEADER: usize = 16;
+    pub const INDEX: usize = 24;
+    pub const META_LEN: usize = 32;
+    pub const DATA_LEN: usize = 40;
+    pub const RESERVED: usize = 48;
+    pub const CRC: usize = 60;
+}
+
+/// A snapshot as stored: the log id it covers, the caller's meta bytes (e.g. openraft's
+/// `SnapshotMeta`, postcard-encoded) and the state bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub last_log_id: Option<EntryId>,
+    pub meta: Vec<u8>,
+    pub data: Vec<u8>,
+}
+
+/// The snapshot store of one node.
+#[derive(Debug)]
+pub struct SnapshotStore {
+    storage: Arc<dyn Storage>,
+    dir: PathBuf,
+}
+
+impl SnapshotStore {
+    /// Opens the store in `dir`, removing a half-written temporary file.
+    pub fn open(storage: Arc<dyn Storage>, dir: &Path) -> Result<SnapshotStore> {
+        storage
+            .create_dir_all(dir)
+            .map_err(|error| Error::io("create directory", dir, error))?;
+        let store = SnapshotStore {
+            storage,
+            dir: dir.to_owned(),
+        };
+        let temp = store.dir.join(SNAPSHOT_TEMP_FILE_NAME);
+        match store.storage.remove(&temp) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(Error::io("remove", temp, error)),
+        }
+        Ok(store)
+    }
+
+    /// Saves a snapshot durably and atomically; on return it is the latest.
+    pub fn save(&mut self, last_log_id: Option<EntryId>, meta: &[u8], data: &[u8]) -> Result<()> {
+        let meta_len = u32::try_from(meta.len()).map_err(|_| Error::RecordTooLarge {
+            size: meta.len(),
+            max: u32::MAX as usize,
+        })?;
+        let mut header = [0u8; SNAPSHOT_HEADER_SIZE];
+        header[field::MAGIC..field::MAGIC + 4].copy_from_slice(&SNAPSHOT_MAGIC);
+        header[field::VERSION..field::VERSION + 2].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        if let Some(id) = last_log_id {
+            header[field::HAS_LOG_ID] = 1;
+            header[field::TERM..field::TERM + 8].copy_from_slice(&id.term.to_le_bytes());
+            header[field::LEADER..field::LEADER + 8]
+                .copy_from_slice(&id.leader_node_id.to_le_bytes());
+            header[field::INDEX..field::INDEX + 8].copy_from_slice(&id.index.to_le_bytes());
+        }
+        header[field::META_LEN..field::META_LEN + 4].copy_from_slice(&meta_len.to_le_bytes());
+        header[field::DATA_LEN..field::DATA_LEN + 8]
+            .copy_from_slice(&(data.len() as u64).to_le_bytes());
+        let crc = crc32c::crc32c_append(
+            crc32c::crc32c_append(crc32c::crc32c(&header[..field::CRC]), meta),
+            data,
+        );
+        header[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_le_bytes());
+
+        let temp = self.dir.join(SNAPSHOT_TEMP_FILE_NAME);
+        let file = self
+            .storage
+            .create(&temp)
+            .map_err(|error| Error::io("create", &temp, error))?;
+        let mut offset = 0u64;
+        let chunks = [&header[..], meta]
+            .into_iter()
+            .chain(data.chunks(SNAPSHOT_WRITE_CHUNK_SIZE));
+        for chunk in chunks {
+            file.write_at(chunk, offset)
+                .map_err(|error| Error::io("write", &temp, error))?;
+            offset += chunk.len() as u64;
+        }
+        file.sync_all()
+            .map_err(|error| Error::io("fsync", &temp, error))?;
+        let current = self.dir.join(SNAPSHOT_FILE_NAME);
+        self.storage
+            .rename(&temp, &current)
+            .map_err(|error| Error::io("rename", &temp, error))?;
+        self.storage
+            .sync_dir(&self.dir)
+            .map_err(|error| Error::io("fsync directory", &self.dir, error))
+    }
+
+    /// The latest saved snapshot, checksum-verified; `None` if there is none.
+    pub fn load_latest(&self) -> Result<Option<Snapshot>> {
+        let path = self.dir.join(SNAPSHOT_FILE_NAME);
+        let file = match self.storage.open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(Error::io("open", path, error)),
+        };
+        let size = file
+            .len()
+            .map_err(|error| Error::io("stat", &path, error))?;
+        let mut header = [0u8; SNAPSHOT_HEADER_SIZE];
+        let read = file
+            .read_at(&mut header, 0)
+            .map_err(|error| Error::io("read", &path, error))?;
+        if read < SNAPSHOT_HEADER_SIZE || header[field::MAGIC..field::MAGIC + 4] != SNAPSHOT_MAGIC {
+            return Err(Error::corruption(
+                path,
+                0,
+                None,
+                "snapshot header missing or bad magic",
+            ));
+        }
+        let version = u16_at(&header, field::VERSION);
+        if version != FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                path,
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let meta_len = u64::from(u32_at(&header, field::META_LEN));
+        let data_len = u64_at(&header, field::DATA_LEN);
+        let expected_size = (SNAPSHOT_HEADER_SIZE as u64)
+            .checked_add(meta_len)
+            .and_then(|size| size.checked_add(data_len));
+        if expected_size != Some(size) {
+            return Err(Error::corruption(
+                path,
+                0,
+                None,
+                "snapshot lengths do not match the file size",
+            ));
+        }
+        let mut body = vec![0u8; (meta_len + data_len) as usize];
+        let read = file
+            .read_at(&mut body, SNAPSHOT_HEADER_SIZE as u64)
+            .map_err(|error| Error::io("read", &path, error))?;
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&header[..field::CRC]), &body);
+        let has_log_id = header[field::HAS_LOG_ID];
+        if read != body.len() || crc != u32_at(&header, field::CRC) {
+            return Err(Error::corruption(
+                path,
+                0,
+                None,
+                "snapshot checksum mismatch",
+            ));
+        }
+        if has_log_id > 1
+            || header[field::HAS_LOG_ID + 1] != 0
+            || header[field::RESERVED..field::CRC].iter().any(|&b| b != 0)
+        {
+            return Err(Error::corruption(
+                path,
+                0,
+                None,
+                "snapshot header fields out of range",
+            ));
+        }
+        let last_log_id = (has_log_id == 1).then(|| EntryId {
+            term: u64_at(&header, field::TERM),
+            leader_node_id: u64_at(&header, field::LEADER),
+            index: u64_at(&header, field::INDEX),
+        });
+        let data = body.split_off(meta_len as usize);
+        Ok(Some(Snapshot {
+            last_log_id,
+            meta: body,
+            data,
+        }))
+    }
+}
