@@ -909,7 +909,8 @@ impl Journal {
     }
 
     /// Removes every entry after `index` (`None`: every entry), durably: on return a
-    /// crash cannot bring them back. Entries through `index` become durable too.
+    /// crash cannot bring them back. When entries are removed, the entries through
+    /// `index` become durable too; when `index` is at or past the end, nothing happens.
     pub fn truncate_after(&mut self, index: Option<u64>) -> Result<()> {
         self.check_writable()?;
         if let Some(purged) = self.purged {
@@ -937,6 +938,9 @@ impl Journal {
             self.segments.pop();
             self.dir_changes += 1;
         }
+        // The removals must be durable before the cut: a later segment resurrected by a
+        // crash next to a cut segment would leave a hole.
+        self.sync_dir_if_changed()?;
         if let (Some(index), Some(segment)) = (index, self.segments.last()) {
             let keep = usize::try_from(index - segment.first_index + 1).expect("count fits usize");
             if keep < segment.offsets.len() {
@@ -956,7 +960,6 @@ impl Journal {
                 return Err(self.poison("fdatasync", &segment.path.clone(), error));
             }
         }
-        self.sync_dir_if_changed()?;
         self.drop_purged_segments(&mut Vec::new())?;
         self.last = match self.segments.last() {
             Some(segment) => Some(self.read_entry(segment.last_index())?.id),

@@ -25,6 +25,7 @@ const SLOT_COUNT: usize = 2;
 mod field {
     pub const MAGIC: usize = 0;
     pub const VERSION: usize = 4;
+    pub const HAS_VALUE: usize = 6;
     pub const SEQUENCE: usize = 8;
     pub const PAYLOAD_LEN: usize = 16;
     pub const CRC: usize = 28;
@@ -33,7 +34,10 @@ mod field {
 enum Slot {
     Empty,
     Invalid(&'static str),
-    Valid { sequence: u64, payload: Vec<u8> },
+    Valid {
+        sequence: u64,
+        value: Option<Vec<u8>>,
+    },
 }
 
 fn decode_slot(path: &Path, bytes: &[u8]) -> Result<Slot> {
@@ -63,15 +67,22 @@ fn decode_slot(path: &Path, bytes: &[u8]) -> Result<Slot> {
     if crc != u32_at(bytes, field::CRC) {
         return Ok(Slot::Invalid("record checksum mismatch"));
     }
+    let value = match bytes[field::HAS_VALUE] {
+        0 if payload_len == 0 => None,
+        1 => Some(bytes[RECORD_HEADER_SIZE..end].to_vec()),
+        _ => return Ok(Slot::Invalid("record flag out of range")),
+    };
     Ok(Slot::Valid {
         sequence: u64_at(bytes, field::SEQUENCE),
-        payload: bytes[RECORD_HEADER_SIZE..end].to_vec(),
+        value,
     })
 }
 
-fn encode_slot(sequence: u64, payload: &[u8]) -> Vec<u8> {
+fn encode_slot(sequence: u64, value: Option<&[u8]>) -> Vec<u8> {
+    let payload = value.unwrap_or_default();
     assert!(payload.len() <= RECORD_PAYLOAD_SIZE_MAX);
     let mut bytes = vec![0u8; RECORD_HEADER_SIZE + payload.len()];
+    bytes[field::HAS_VALUE] = u8::from(value.is_some());
     bytes[field::MAGIC..field::MAGIC + 4].copy_from_slice(&RECORD_MAGIC);
     bytes[field::VERSION..field::VERSION + 2].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     bytes[field::SEQUENCE..field::SEQUENCE + 8].copy_from_slice(&sequence.to_le_bytes());
@@ -102,17 +113,7 @@ impl AtomicRecord {
         let file = match storage.open(&path) {
             Ok(file) => file,
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                let file = storage
-                    .create(&path)
-                    .map_err(|error| Error::io("create", &path, error))?;
-                file.set_len((RECORD_SLOT_SIZE * SLOT_COUNT) as u64)
-                    .map_err(|error| Error::io("set_len", &path, error))?;
-                file.sync_all()
-                    .map_err(|error| Error::io("fsync", &path, error))?;
-                storage
-                    .sync_dir(dir)
-                    .map_err(|error| Error::io("fsync directory", dir, error))?;
-                file
+                AtomicRecord::create(storage, dir, name)?
             }
             Err(error) => return Err(Error::io("open", &path, error)),
         };
@@ -128,6 +129,30 @@ impl AtomicRecord {
         Ok(record)
     }
 
+    /// Creates the file atomically (temp file, fsync, rename, fsync directory) holding
+    /// a valid "no value" record in slot 1, so that afterwards a file without any
+    /// valid slot can only be damage, never a torn first write.
+    fn create(storage: &dyn Storage, dir: &Path, name: &str) -> Result<Arc<dyn StorageFile>> {
+        let path = dir.join(name);
+        let temp = dir.join(format!("{name}.tmp"));
+        let file = storage
+            .create(&temp)
+            .map_err(|error| Error::io("create", &temp, error))?;
+        file.set_len((RECORD_SLOT_SIZE * SLOT_COUNT) as u64)
+            .map_err(|error| Error::io("set_len", &temp, error))?;
+        file.write_at(&encode_slot(0, None), RECORD_SLOT_SIZE as u64)
+            .map_err(|error| Error::io("write", &temp, error))?;
+        file.sync_all()
+            .map_err(|error| Error::io("fsync", &temp, error))?;
+        storage
+            .rename(&temp, &path)
+            .map_err(|error| Error::io("rename", &temp, error))?;
+        storage
+            .sync_dir(dir)
+            .map_err(|error| Error::io("fsync directory", dir, error))?;
+        Ok(file)
+    }
+
     fn read_slots(&mut self) -> Result<()> {
         let mut invalid = None;
         for slot in 0..SLOT_COUNT {
@@ -138,23 +163,29 @@ impl AtomicRecord {
             match decode_slot(&self.path, &bytes)? {
                 Slot::Empty => {}
                 Slot::Invalid(reason) => invalid = Some((offset, reason)),
-                Slot::Valid { sequence, payload } => {
+                Slot::Valid { sequence, value } => {
                     if self.slot_current.is_none() || sequence > self.sequence {
                         self.sequence = sequence;
                         self.slot_current = Some(slot);
-                        self.value = Some(payload);
+                        self.value = value;
                     }
                 }
             }
         }
+        // One damaged slot next to a valid one: the torn newer write of a crash. No
+        // valid slot at all: damage. Never report "nothing stored" for it (a
+        // forgotten vote breaks Raft).
         match (invalid, self.slot_current) {
-            // No valid slot but a damaged one: a value existed and is lost. Never
-            // report "nothing stored" for it (a forgotten vote breaks Raft).
+            (_, Some(_)) => Ok(()),
             (Some((offset, reason)), None) => {
                 Err(Error::corruption(&self.path, offset, None, reason))
             }
-            // One damaged slot next to a valid one: the torn newer write of a crash.
-            _ => Ok(()),
+            (None, None) => Err(Error::corruption(
+                &self.path,
+                0,
+                None,
+                "record file has no valid slot",
+            )),
         }
     }
 
@@ -178,7 +209,7 @@ impl AtomicRecord {
             None => 0,
         };
         let sequence = self.sequence + 1;
-        let bytes = encode_slot(sequence, payload);
+        let bytes = encode_slot(sequence, Some(payload));
         let offset = (slot * RECORD_SLOT_SIZE) as u64;
         let written = self
             .file
