@@ -31,6 +31,7 @@ mod field {
     pub const LEADER: usize = 16;
     pub const INDEX: usize = 24;
     pub const META_LEN: usize = 32;
+    pub const META_RESERVED: usize = 36;
     pub const DATA_LEN: usize = 40;
     pub const RESERVED: usize = 48;
     pub const CRC: usize = 60;
@@ -181,6 +182,9 @@ impl SnapshotStore {
         }
         if has_log_id > 1
             || header[field::HAS_LOG_ID + 1] != 0
+            || header[field::META_RESERVED..field::DATA_LEN]
+                .iter()
+                .any(|&b| b != 0)
             || header[field::RESERVED..field::CRC].iter().any(|&b| b != 0)
         {
             return Err(Error::corruption(
