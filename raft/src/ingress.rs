@@ -1,0 +1,239 @@
+//! Leader-side ingress batching: many client submissions become one log entry.
+//!
+//! Submissions wait in a bounded queue. One batcher task drains it, packs
+//! consecutive submissions of the same operation into a batch of at most
+//! `BATCH_EVENTS_MAX` events, stamps the leader's timestamp and proposes the
+//! batch to Raft. At most `BATCHES_IN_FLIGHT_MAX` batches are in flight; when
+//! they are, the queue fills and new submissions are refused with `Busy`
+//! before anything of theirs is accepted.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use bytes::BytesMut;
+use openraft::errors::ClientWriteError;
+use openraft::errors::RaftError;
+use tally_engine::limits::BATCH_EVENTS_MAX;
+use tally_engine::limits::EVENT_SIZE;
+use tally_engine::EventResult;
+use tally_engine::Operation;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+use tokio::sync::Semaphore;
+use zerocopy::FromBytes;
+
+use crate::limits::BATCHES_IN_FLIGHT_MAX;
+use crate::limits::INGRESS_QUEUE_SUBMISSIONS;
+use crate::types::Batch;
+use crate::types::NodeId;
+use crate::types::NodeInfo;
+use crate::types::Raft;
+use crate::types::TypeConfig;
+
+/// Why a submission was not answered with results.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SubmitError {
+    /// The pipeline is full; nothing was accepted. Retry later.
+    #[error("the server is busy; nothing was accepted, retry later")]
+    Busy,
+    /// This node is not the leader; nothing was accepted.
+    #[error("this node is not the leader (leader: {leader_id:?})")]
+    NotLeader {
+        leader_id: Option<NodeId>,
+        leader: Option<NodeInfo>,
+    },
+    /// The submission itself is malformed (caught before it is accepted).
+    #[error("invalid batch: {0}")]
+    Invalid(String),
+    /// The batch was proposed but its outcome is unknown (leadership changed,
+    /// the node is stopping). Retrying with the same ids is safe: ids make
+    /// every write idempotent.
+    #[error("outcome unknown, retry with the same ids: {0}")]
+    Unknown(String),
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+struct Submission {
+    operation: Operation,
+    events: Bytes,
+    reply: oneshot::Sender<Result<Vec<EventResult>, SubmitError>>,
+}
+
+impl Submission {
+    fn event_count(&self) -> usize {
+        self.events.len() / EVENT_SIZE
+    }
+}
+
+#[derive(Clone)]
+pub struct Ingress {
+    sender: mpsc::Sender<Submission>,
+}
+
+impl Ingress {
+    pub fn start(raft: Raft) -> Ingress {
+        let (sender, receiver) = mpsc::channel(INGRESS_QUEUE_SUBMISSIONS);
+        tokio::spawn(batch_loop(raft, receiver));
+        Ingress { sender }
+    }
+
+    /// Submits `events` (whole 128-byte records, at most `BATCH_EVENTS_MAX`)
+    /// and waits until they are durable on a quorum and applied.
+    pub async fn submit(
+        &self,
+        operation: Operation,
+        events: Bytes,
+    ) -> Result<Vec<EventResult>, SubmitError> {
+        validate(&events)?;
+        let (reply, answer) = oneshot::channel();
+        let submission = Submission {
+            operation,
+            events,
+            reply,
+        };
+        self.sender
+            .try_send(submission)
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => SubmitError::Busy,
+                mpsc::error::TrySendError::Closed(_) => SubmitError::ShuttingDown,
+            })?;
+        metrics::gauge!("tally_ingress_queue_depth")
+            .set((INGRESS_QUEUE_SUBMISSIONS - self.sender.capacity()) as f64);
+        answer.await.map_err(|_| SubmitError::ShuttingDown)?
+    }
+}
+
+fn validate(events: &Bytes) -> Result<(), SubmitError> {
+    if events.is_empty() {
+        return Err(SubmitError::Invalid(
+            "a batch needs at least one event".into(),
+        ));
+    }
+    if events.len() % EVENT_SIZE != 0 {
+        return Err(SubmitError::Invalid(format!(
+            "{} bytes is not a whole number of {EVENT_SIZE}-byte records",
+            events.len()
+        )));
+    }
+    let count = events.len() / EVENT_SIZE;
+    if count > BATCH_EVENTS_MAX {
+        return Err(SubmitError::Invalid(format!(
+            "{count} events is more than the limit of {BATCH_EVENTS_MAX} per batch"
+        )));
+    }
+    Ok(())
+}
+
+/// Wall-clock nanoseconds: the leader's proposal for the next event timestamp.
+fn now_ns() -> u64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX)
+}
+
+async fn batch_loop(raft: Raft, mut receiver: mpsc::Receiver<Submission>) {
+    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
+    let mut carried: Option<Submission> = None;
+    let mut last_timestamp = 0u64;
+    loop {
+        let first = match carried.take() {
+            Some(submission) => submission,
+            None => match receiver.recv().await {
+                Some(submission) => submission,
+                None => return,
+            },
+        };
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            return;
+        };
+        let operation = first.operation;
+        let mut event_count = first.event_count();
+        let mut group = vec![first];
+        while let Ok(next) = receiver.try_recv() {
+            if next.operation != operation || event_count + next.event_count() > BATCH_EVENTS_MAX {
+                carried = Some(next);
+                break;
+            }
+            event_count += next.event_count();
+            group.push(next);
+        }
+        let mut events = BytesMut::with_capacity(event_count * EVENT_SIZE);
+        for submission in &group {
+            events.extend_from_slice(&submission.events);
+        }
+        let timestamp = now_ns().max(last_timestamp + 1);
+        last_timestamp = timestamp + event_count as u64 - 1;
+        let batch = Batch {
+            operation: operation as u8,
+            timestamp,
+            events: events.freeze(),
+        };
+        metrics::histogram!("tally_batch_events").record(event_count as f64);
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let outcome = raft.client_write(batch).await;
+            metrics::histogram!("tally_commit_apply_seconds")
+                .record(started.elapsed().as_secs_f64());
+            drop(permit);
+            answer_group(group, outcome);
+        });
+    }
+}
+
+type WriteOutcome = Result<
+    openraft::raft::ClientWriteResponse<TypeConfig>,
+    RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+>;
+
+/// Splits the batch's results back to the submissions it was made of.
+fn answer_group(group: Vec<Submission>, outcome: WriteOutcome) {
+    let reply = match outcome {
+        Ok(response) => response.data,
+        Err(error) => {
+            let error = submit_error(error);
+            for submission in group {
+                let _ = submission.reply.send(Err(error.clone()));
+            }
+            return;
+        }
+    };
+    if let Some(reason) = reply.rejected {
+        for submission in group {
+            let _ = submission
+                .reply
+                .send(Err(SubmitError::Invalid(reason.clone())));
+        }
+        return;
+    }
+    let results =
+        <[EventResult]>::ref_from_bytes(&reply.results).expect("results are whole 16-byte records");
+    let mut offset = 0usize;
+    for submission in group {
+        let count = submission.event_count();
+        let mine: Vec<EventResult> = results[offset..offset + count]
+            .iter()
+            .map(|result| EventResult {
+                index: result.index - offset as u32,
+                ..*result
+            })
+            .collect();
+        offset += count;
+        let _ = submission.reply.send(Ok(mine));
+    }
+    assert_eq!(offset, results.len(), "one result per event");
+}
+
+fn submit_error(error: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> SubmitError {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => SubmitError::NotLeader {
+            leader_id: forward.leader_id,
+            leader: forward.leader_node,
+        },
+        other => SubmitError::Unknown(other.to_string()),
+    }
+}

@@ -1,0 +1,37 @@
+//! Every bound of the server pipeline, in one place.
+
+/// Slots in the apply ring (a power of two, as the disruptor requires).
+pub const APPLY_RING_SLOTS: usize = 1024;
+
+/// Client submissions waiting for the ingress batcher; past this a write is
+/// answered "busy, retry" before anything is accepted.
+pub const INGRESS_QUEUE_SUBMISSIONS: usize = 4096;
+
+/// Batches proposed to Raft and not yet answered. Bounds memory held by
+/// in-flight entries (each up to `BATCH_EVENTS_MAX` × 128 bytes).
+pub const BATCHES_IN_FLIGHT_MAX: usize = 16;
+
+/// Entries handed to the business-logic thread per ring publication.
+pub const APPLY_ENTRIES_PER_PUBLISH: usize = 64;
+
+/// Entries appended since the last snapshot that trigger a new one.
+pub const SNAPSHOT_EVERY_ENTRIES_DEFAULT: u64 = 10_000;
+
+/// Entries kept in the log behind the latest snapshot, for lagging followers.
+pub const LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES: u64 = 1_000;
+
+/// Largest Raft RPC frame accepted from a peer (a full batch plus headroom,
+/// times the entries one append may carry).
+pub const RPC_FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// Entries carried by one append-entries RPC.
+pub const APPEND_ENTRIES_MAX: u64 = 64;
+
+const _: () = assert!(APPLY_RING_SLOTS.is_power_of_two());
+const _: () = assert!(APPLY_ENTRIES_PER_PUBLISH <= APPLY_RING_SLOTS);
+const _: () = assert!(
+    (APPEND_ENTRIES_MAX as usize)
+        * tally_engine::limits::BATCH_EVENTS_MAX
+        * tally_engine::limits::EVENT_SIZE
+        < RPC_FRAME_BYTES_MAX
+);

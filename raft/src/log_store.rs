@@ -1,0 +1,311 @@
+//! openraft's log storage on the journal.
+//!
+//! Appends are written to the journal at once (ordinary `write`s) and made
+//! durable by a dedicated flusher thread: it takes every append waiting,
+//! issues one `fdatasync` for all of them (group commit) and only then tells
+//! openraft, through `IOFlushed`, that they are on disk. Reads take the
+//! journal's lock only for their positional reads, never across an fsync.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::Bound;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use openraft::storage::IOFlushed;
+use openraft::storage::RaftLogStorage;
+use openraft::EntryPayload;
+use openraft::LogState;
+use openraft::RaftLogReader;
+use tally_journal::Entry as JournalEntry;
+use tally_journal::EntryId;
+use tally_journal::EntryKind;
+use tally_journal::Journal;
+use tally_journal::JournalOptions;
+use tally_journal::MetaStore;
+use tally_journal::Storage;
+use tally_journal::SyncTicket;
+
+use crate::types::Batch;
+use crate::types::Entry;
+use crate::types::LogId;
+use crate::types::TypeConfig;
+use crate::types::Vote;
+
+#[derive(Clone)]
+pub struct LogStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    journal: Mutex<Journal>,
+    meta: Mutex<MetaStore>,
+    vote: Mutex<Option<Vote>>,
+    flusher: mpsc::Sender<FlushRequest>,
+}
+
+struct FlushRequest {
+    ticket: SyncTicket,
+    callback: IOFlushed<TypeConfig>,
+}
+
+/// What the metadata record holds: the vote. (The last purged log id is kept
+/// by the journal itself.)
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Metadata {
+    vote: Option<Vote>,
+}
+
+fn to_io(error: tally_journal::Error) -> io::Error {
+    io::Error::other(error)
+}
+
+impl LogStore {
+    /// Opens (and recovers) the journal in `dir` on `storage`: the real file
+    /// system in production, a simulated disk in the simulator.
+    pub fn open(storage: Arc<dyn Storage>, dir: &Path) -> io::Result<LogStore> {
+        let (journal, report) =
+            Journal::open(Arc::clone(&storage), dir, JournalOptions::default()).map_err(to_io)?;
+        tracing::info!(?report, "journal recovered");
+        let meta = MetaStore::open(storage, &dir.join("meta")).map_err(to_io)?;
+        let vote = match meta.load() {
+            Some(bytes) => {
+                let metadata: Metadata = postcard::from_bytes(bytes)
+                    .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+                metadata.vote
+            }
+            None => None,
+        };
+        let (flusher, requests) = mpsc::channel::<FlushRequest>();
+        let shared = Arc::new(Shared {
+            journal: Mutex::new(journal),
+            meta: Mutex::new(meta),
+            vote: Mutex::new(vote),
+            flusher,
+        });
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("tally-journal-flush".into())
+            .spawn(move || flush_loop(weak, requests))?;
+        Ok(LogStore { shared })
+    }
+}
+
+/// Group commit: drain every waiting request, sync once (the newest ticket
+/// covers every earlier append), then acknowledge them all in order.
+fn flush_loop(shared: std::sync::Weak<Shared>, requests: mpsc::Receiver<FlushRequest>) {
+    while let Ok(first) = requests.recv() {
+        let mut waiting = vec![first];
+        while let Ok(next) = requests.try_recv() {
+            waiting.push(next);
+        }
+        let last = waiting.pop().expect("at least one request");
+        let started = std::time::Instant::now();
+        let outcome = last.ticket.sync();
+        metrics::histogram!("tally_journal_fsync_seconds").record(started.elapsed().as_secs_f64());
+        match outcome {
+            Ok(durable) => {
+                if let Some(shared) = shared.upgrade() {
+                    shared
+                        .journal
+                        .lock()
+                        .expect("journal lock")
+                        .mark_durable(durable);
+                }
+                for request in waiting {
+                    request.callback.io_completed(Ok(()));
+                }
+                last.callback.io_completed(Ok(()));
+            }
+            Err(error) => {
+                // A failed fsync is fatal (fsyncgate): the journal refuses
+                // further writes and openraft stops this node.
+                tracing::error!(%error, "journal fsync failed");
+                let message = error.to_string();
+                for request in waiting {
+                    request
+                        .callback
+                        .io_completed(Err(io::Error::other(message.clone())));
+                }
+                last.callback.io_completed(Err(io::Error::other(message)));
+            }
+        }
+    }
+}
+
+fn to_journal_entry(entry: &Entry) -> io::Result<JournalEntry> {
+    let id = EntryId::new(
+        entry.log_id.leader_id.term,
+        entry.log_id.leader_id.node_id,
+        entry.log_id.index,
+    );
+    Ok(match &entry.payload {
+        EntryPayload::Blank => JournalEntry::blank(id),
+        EntryPayload::Normal(batch) => {
+            JournalEntry::batch(id, batch.operation, batch.timestamp, batch.events.to_vec())
+        }
+        EntryPayload::Membership(membership) => JournalEntry::membership(
+            id,
+            postcard::to_allocvec(membership).map_err(io::Error::other)?,
+        ),
+    })
+}
+
+fn from_journal_entry(entry: JournalEntry) -> io::Result<Entry> {
+    let log_id = log_id(entry.id.term, entry.id.leader_node_id, entry.id.index);
+    let payload = match entry.kind {
+        EntryKind::Blank => EntryPayload::Blank,
+        EntryKind::Batch => EntryPayload::Normal(Batch {
+            operation: entry.operation,
+            timestamp: entry.timestamp,
+            events: entry.payload.into(),
+        }),
+        EntryKind::Membership => EntryPayload::Membership(
+            postcard::from_bytes(&entry.payload)
+                .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?,
+        ),
+        other => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "log entry {} has kind {other:?}, which this build does not know",
+                    entry.id.index
+                ),
+            ))
+        }
+    };
+    Ok(Entry { log_id, payload })
+}
+
+pub fn log_id(term: u64, node_id: u64, index: u64) -> LogId {
+    LogId {
+        leader_id: openraft::impls::leader_id_adv::LeaderId { term, node_id },
+        index,
+    }
+}
+
+fn inclusive_range<RB: RangeBounds<u64>>(range: &RB) -> Option<(u64, u64)> {
+    let start = match range.start_bound() {
+        Bound::Included(start) => *start,
+        Bound::Excluded(start) => start.checked_add(1)?,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(end) => *end,
+        Bound::Excluded(end) => end.checked_sub(1)?,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start <= end).then_some((start, end))
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + openraft::OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let Some((start, end)) = inclusive_range(&range) else {
+            return Ok(Vec::new());
+        };
+        let entries = {
+            let journal = self.shared.journal.lock().expect("journal lock");
+            let (Some(first), Some(last)) = (journal.first_index(), journal.last_index()) else {
+                return Ok(Vec::new());
+            };
+            let (start, end) = (start.max(first), end.min(last));
+            if start > end {
+                return Ok(Vec::new());
+            }
+            journal.read(start..=end).map_err(to_io)?
+        };
+        entries.into_iter().map(from_journal_entry).collect()
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(*self.shared.vote.lock().expect("vote lock"))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let journal = self.shared.journal.lock().expect("journal lock");
+        let last_purged_log_id = journal
+            .purged_id()
+            .map(|id| log_id(id.term, id.leader_node_id, id.index));
+        let last_log_id = journal
+            .last_entry_id()
+            .map(|id| log_id(id.term, id.leader_node_id, id.index))
+            .or(last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let bytes =
+            postcard::to_allocvec(&Metadata { vote: Some(*vote) }).map_err(io::Error::other)?;
+        let shared = Arc::clone(&self.shared);
+        let vote = *vote;
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            shared
+                .meta
+                .lock()
+                .expect("meta lock")
+                .save(&bytes)
+                .map_err(to_io)?;
+            *shared.vote.lock().expect("vote lock") = Some(vote);
+            Ok(())
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let ticket = {
+            let mut journal = self.shared.journal.lock().expect("journal lock");
+            for entry in entries {
+                journal.append(&to_journal_entry(&entry)?).map_err(to_io)?;
+            }
+            journal.prepare_sync()
+        };
+        self.shared
+            .flusher
+            .send(FlushRequest { ticket, callback })
+            .map_err(|_| io::Error::other("the journal flusher has stopped"))
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let mut journal = self.shared.journal.lock().expect("journal lock");
+        journal
+            .truncate_after(last_log_id.map(|log_id| log_id.index))
+            .map_err(to_io)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let mut journal = self.shared.journal.lock().expect("journal lock");
+        journal
+            .purge_through(EntryId::new(
+                log_id.leader_id.term,
+                log_id.leader_id.node_id,
+                log_id.index,
+            ))
+            .map_err(to_io)
+    }
+}

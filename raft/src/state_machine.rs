@@ -1,0 +1,197 @@
+//! openraft's state machine on the engine: entries go through the apply ring to
+//! the business-logic thread; snapshots are the engine's own encoding, kept on
+//! disk by the journal's snapshot store.
+
+use std::io;
+use std::sync::Arc;
+
+use futures::Stream;
+use futures::TryStreamExt;
+use openraft::storage::EntryResponder;
+use openraft::storage::RaftStateMachine;
+use openraft::OptionalSend;
+use openraft::RaftSnapshotBuilder;
+use tally_engine::Ledger;
+
+use crate::apply::ApplyRing;
+use crate::apply::Core;
+use crate::apply::Job;
+use crate::limits::APPLY_ENTRIES_PER_PUBLISH;
+use crate::snapshots::SnapshotFiles;
+use crate::types::LogId;
+use crate::types::Snapshot;
+use crate::types::SnapshotData;
+use crate::types::SnapshotMeta;
+use crate::types::StoredMembership;
+use crate::types::TypeConfig;
+
+#[derive(Clone)]
+pub struct StateMachine {
+    ring: Arc<ApplyRing>,
+    snapshots: Arc<SnapshotFiles>,
+}
+
+impl StateMachine {
+    /// Restores the ledger from the latest snapshot on disk (if any) and starts
+    /// the business-logic thread.
+    pub fn open(snapshots: Arc<SnapshotFiles>) -> io::Result<StateMachine> {
+        let core = match snapshots.load_latest()? {
+            Some((meta, data)) => {
+                let ledger = Ledger::restore(&data).map_err(io::Error::other)?;
+                tracing::info!(last_log_id = ?meta.last_log_id, "restored the ledger from a snapshot");
+                Core {
+                    ledger,
+                    last_applied: meta.last_log_id,
+                    membership: meta.last_membership,
+                }
+            }
+            None => Core::new(Ledger::new()),
+        };
+        Ok(StateMachine {
+            ring: ApplyRing::start(core),
+            snapshots,
+        })
+    }
+
+    pub fn ring(&self) -> &Arc<ApplyRing> {
+        &self.ring
+    }
+}
+
+fn ring_error(error: crate::apply::RingClosed) -> io::Error {
+    io::Error::other(error)
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        // Encoding runs on the business-logic thread: the state is consistent
+        // with `last_applied` and nothing else can touch it meanwhile.
+        let (data, last_applied, membership) = self
+            .ring
+            .run(|core: &mut Core| {
+                (
+                    core.ledger.snapshot(),
+                    core.last_applied,
+                    core.membership.clone(),
+                )
+            })
+            .await
+            .map_err(ring_error)?;
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+        };
+        let snapshots = Arc::clone(&self.snapshots);
+        let (meta, data) =
+            tokio::task::spawn_blocking(move || -> io::Result<(SnapshotMeta, Vec<u8>)> {
+                snapshots.save(&meta, &data)?;
+                Ok((meta, data))
+            })
+            .await
+            .map_err(io::Error::other)??;
+        metrics::counter!("tally_snapshots_built_total").increment(1);
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "snapshot built");
+        Ok(Snapshot {
+            meta,
+            snapshot: data,
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        self.ring
+            .run(|core: &mut Core| (core.last_applied, core.membership.clone()))
+            .await
+            .map_err(ring_error)
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        // Hand entries to the ring in pieces as they arrive; answer openraft
+        // only once the last one has been applied, so `applied_state` and
+        // snapshots never run ahead of what openraft believes.
+        let mut pending: Vec<EntryResponder<TypeConfig>> =
+            Vec::with_capacity(APPLY_ENTRIES_PER_PUBLISH);
+        let mut jobs: Vec<Job> = Vec::new();
+        while let Some(item) = entries.try_next().await? {
+            pending.push(item);
+            if pending.len() == APPLY_ENTRIES_PER_PUBLISH {
+                jobs.push(apply_job(std::mem::take(&mut pending)));
+                self.ring
+                    .publish(std::mem::take(&mut jobs))
+                    .await
+                    .map_err(ring_error)?;
+            }
+        }
+        if !pending.is_empty() {
+            jobs.push(apply_job(pending));
+            self.ring.publish(jobs).await.map_err(ring_error)?;
+        }
+        // A barrier: runs after every job published above.
+        self.ring
+            .run(|_core: &mut Core| ())
+            .await
+            .map_err(ring_error)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
+        let snapshots = Arc::clone(&self.snapshots);
+        let saved_meta = meta.clone();
+        let (ledger, snapshot) =
+            tokio::task::spawn_blocking(move || -> io::Result<(Ledger, Vec<u8>)> {
+                let ledger = Ledger::restore(&snapshot)
+                    .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+                snapshots.save(&saved_meta, &snapshot)?;
+                Ok((ledger, snapshot))
+            })
+            .await
+            .map_err(io::Error::other)??;
+        drop(snapshot);
+        let meta = meta.clone();
+        self.ring
+            .run(move |core: &mut Core| {
+                core.ledger = ledger;
+                core.last_applied = meta.last_log_id;
+                core.membership = meta.last_membership;
+            })
+            .await
+            .map_err(ring_error)?;
+        metrics::counter!("tally_snapshots_installed_total").increment(1);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let snapshots = Arc::clone(&self.snapshots);
+        let latest = tokio::task::spawn_blocking(move || snapshots.load_latest())
+            .await
+            .map_err(io::Error::other)??;
+        Ok(latest.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: data,
+        }))
+    }
+}
+
+fn apply_job(entries: Vec<EntryResponder<TypeConfig>>) -> Job {
+    Box::new(move |core: &mut Core| {
+        let started = std::time::Instant::now();
+        core.apply_entries(entries);
+        metrics::histogram!("tally_apply_seconds").record(started.elapsed().as_secs_f64());
+    })
+}
