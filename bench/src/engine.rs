@@ -1,6 +1,306 @@
-#[derive(clap::Args)]
-pub struct Args {}
+//! `tally-bench engine`: transfers through `Ledger::create_transfers`, against a bare loop doing
+//! the same memory work (look up two accounts in the same kind of map, add to two balances, no
+//! checks), measured in the same run on the same pre-generated batches.
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tally_engine::limits::BATCH_EVENTS_MAX;
+use tally_engine::{Account, CreateTransferResult, IdMap, Ledger, Transfer, TransferFlags};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// Both accounts drawn uniformly from all accounts.
+    Uniform,
+    /// 10% of transfers move between 10 hot accounts; the rest are uniform.
+    Hot,
+    /// Every batch of pending transfers is followed by a batch posting them.
+    TwoPhase,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Uniform => "uniform",
+            Workload::Hot => "hot",
+            Workload::TwoPhase => "two-phase",
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, value_enum, default_value = "uniform")]
+    workload: Workload,
+    /// Transfer events in total (for two-phase: pending plus post events).
+    #[arg(long, default_value_t = 2_000_000)]
+    transfers: usize,
+    #[arg(long, default_value_t = 100_000)]
+    accounts: usize,
+    /// Events per batch (at most 8189).
+    #[arg(long, default_value_t = BATCH_EVENTS_MAX)]
+    batch_events: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+const LEDGER: u32 = 1;
+const HOT_ACCOUNTS: u128 = 10;
+
+fn account_id(index: usize) -> u128 {
+    index as u128 + 1
+}
+
+fn generate_accounts(count: usize) -> Vec<Account> {
+    (0..count)
+        .map(|index| Account {
+            id: account_id(index),
+            ledger: LEDGER,
+            code: 1,
+            ..Account::default()
+        })
+        .collect()
+}
+
+/// Two different account ids for one transfer.
+fn pick_accounts(rng: &mut ChaCha8Rng, workload: Workload, accounts: usize) -> (u128, u128) {
+    let pool = if workload == Workload::Hot && rng.gen_bool(0.1) {
+        HOT_ACCOUNTS as usize
+    } else {
+        accounts
+    };
+    let debit = rng.gen_range(0..pool);
+    let mut credit = rng.gen_range(0..pool - 1);
+    if credit >= debit {
+        credit += 1;
+    }
+    (account_id(debit), account_id(credit))
+}
+
+fn generate_batches(args: &Args) -> Vec<Vec<Transfer>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+    let mut batches = Vec::new();
+    let mut next_id: u128 = 1;
+    let mut remaining = args.transfers;
+    while remaining > 0 {
+        let count = remaining.min(args.batch_events);
+        let pending = args.workload == Workload::TwoPhase;
+        let batch: Vec<Transfer> = (0..count)
+            .map(|_| {
+                let (debit, credit) = pick_accounts(&mut rng, args.workload, args.accounts);
+                let id = next_id;
+                next_id += 1;
+                Transfer {
+                    id,
+                    debit_account_id: debit,
+                    credit_account_id: credit,
+                    amount: rng.gen_range(1..1_000),
+                    ledger: LEDGER,
+                    code: 1,
+                    flags: if pending { TransferFlags::PENDING } else { 0 },
+                    ..Transfer::default()
+                }
+            })
+            .collect();
+        remaining -= count;
+        if pending && remaining > 0 {
+            let count = remaining.min(batch.len());
+            let posts: Vec<Transfer> = batch[..count]
+                .iter()
+                .map(|pending| {
+                    let id = next_id;
+                    next_id += 1;
+                    Transfer {
+                        id,
+                        pending_id: pending.id,
+                        amount: u128::MAX,
+                        flags: TransferFlags::POST_PENDING_TRANSFER,
+                        ..Transfer::default()
+                    }
+                })
+                .collect();
+            remaining -= count;
+            batches.push(batch);
+            batches.push(posts);
+        } else {
+            batches.push(batch);
+        }
+    }
+    batches
+}
+
+struct EngineRun {
+    elapsed: Duration,
+    failed: usize,
+    latency_us: Histogram<u64>,
+    bytes_per_account: f64,
+    bytes_per_transfer: f64,
+    digest: u128,
+}
+
+fn run_engine(
+    args: &Args,
+    accounts: &[Account],
+    batches: &[Vec<Transfer>],
+) -> anyhow::Result<EngineRun> {
+    let mut ledger = Ledger::with_capacity(args.accounts, args.transfers);
+    let mut timestamp = 1;
+    for chunk in accounts.chunks(BATCH_EVENTS_MAX) {
+        let results = ledger.create_accounts(timestamp, chunk);
+        ensure!(
+            results.iter().all(|result| result.status == 0),
+            "account creation failed"
+        );
+        timestamp += chunk.len() as u64;
+    }
+    let mut latency_us = Histogram::<u64>::new(3)?;
+    let mut failed = 0;
+    let start = Instant::now();
+    for batch in batches {
+        let batch_start = Instant::now();
+        let results = ledger.create_transfers(timestamp, batch);
+        latency_us.record(batch_start.elapsed().as_micros() as u64)?;
+        timestamp += batch.len() as u64;
+        failed += results
+            .iter()
+            .filter(|result| result.status != CreateTransferResult::Ok.code())
+            .count();
+    }
+    let elapsed = start.elapsed();
+    ledger.check_invariants();
+    Ok(EngineRun {
+        elapsed,
+        failed,
+        latency_us,
+        bytes_per_account: ledger.accounts_memory_bytes() as f64 / args.accounts as f64,
+        bytes_per_transfer: ledger.transfers_memory_bytes() as f64 / args.transfers as f64,
+        digest: ledger.digest(),
+    })
+}
+
+/// The same memory work without the ledger: two lookups in the same kind of map (u128 id →
+/// index, same hasher), two additions to 128-byte account records. The post of a two-phase
+/// workload carries no account ids, so there it looks up the pending transfer's accounts first,
+/// as the engine must.
+fn run_baseline(args: &Args, accounts: &[Account], batches: &[Vec<Transfer>]) -> Duration {
+    let mut indexes: IdMap<u128, u32> = IdMap::default();
+    indexes.reserve(accounts.len());
+    let mut records: Vec<Account> = Vec::with_capacity(accounts.len());
+    for (index, account) in accounts.iter().enumerate() {
+        indexes.insert(account.id, index as u32);
+        records.push(*account);
+    }
+    let mut pending_accounts: IdMap<u128, (u128, u128)> = IdMap::default();
+    if args.workload == Workload::TwoPhase {
+        pending_accounts.reserve(args.transfers);
+        for transfer in batches.iter().flatten() {
+            if transfer.flags & TransferFlags::PENDING != 0 {
+                pending_accounts.insert(
+                    transfer.id,
+                    (transfer.debit_account_id, transfer.credit_account_id),
+                );
+            }
+        }
+    }
+    let start = Instant::now();
+    for batch in batches {
+        for transfer in batch {
+            let (debit_id, credit_id) = if transfer.pending_id != 0 {
+                pending_accounts[&transfer.pending_id]
+            } else {
+                (transfer.debit_account_id, transfer.credit_account_id)
+            };
+            let debit = indexes[&debit_id] as usize;
+            let credit = indexes[&credit_id] as usize;
+            let amount = transfer.amount;
+            records[debit].debits_posted = records[debit].debits_posted.wrapping_add(amount);
+            records[credit].credits_posted = records[credit].credits_posted.wrapping_add(amount);
+        }
+        black_box(&mut records);
+    }
+    let elapsed = start.elapsed();
+    black_box(&records);
+    elapsed
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    ensure!(
+        args.accounts >= 2 * HOT_ACCOUNTS as usize,
+        "--accounts must be at least 20"
+    );
+    ensure!(
+        (1..=BATCH_EVENTS_MAX).contains(&args.batch_events),
+        "--batch-events must be in 1..={BATCH_EVENTS_MAX}"
+    );
+    ensure!(args.transfers > 0, "--transfers must be positive");
+    let accounts = generate_accounts(args.accounts);
+    let batches = generate_batches(&args);
+    let events: usize = batches.iter().map(Vec::len).sum();
+    ensure!(
+        events == args.transfers,
+        "generated {events} events, wanted {}",
+        args.transfers
+    );
+
+    let baseline = run_baseline(&args, &accounts, &batches);
+    let engine = run_engine(&args, &accounts, &batches).context("engine run")?;
+
+    let per_second = |elapsed: Duration| args.transfers as f64 / elapsed.as_secs_f64();
+    let transfers_per_second = per_second(engine.elapsed);
+    let baseline_per_second = per_second(baseline);
+    let ratio = transfers_per_second / baseline_per_second;
+    println!(
+        "engine, workload {}: {} transfers over {} accounts in {} batches of up to {}",
+        args.workload.name(),
+        args.transfers,
+        args.accounts,
+        batches.len(),
+        args.batch_events
+    );
+    println!(
+        "  ledger:   {:>12.0} transfers/s ({:.3} s), {} not ok",
+        transfers_per_second,
+        engine.elapsed.as_secs_f64(),
+        engine.failed
+    );
+    println!(
+        "  baseline: {:>12.0} transfers/s ({:.3} s): map lookups + two additions, no checks",
+        baseline_per_second,
+        baseline.as_secs_f64()
+    );
+    println!("  ratio:    {ratio:.3}");
+    println!(
+        "  batch latency (us): p50 {} p99 {} max {}",
+        engine.latency_us.value_at_quantile(0.5),
+        engine.latency_us.value_at_quantile(0.99),
+        engine.latency_us.max()
+    );
+    println!(
+        "  memory by capacity: {:.1} bytes/account (record + list heads + id index), {:.1} bytes/transfer",
+        engine.bytes_per_account, engine.bytes_per_transfer
+    );
+    let summary = serde_json::json!({
+        "benchmark": "engine",
+        "workload": args.workload.name(),
+        "transfers": args.transfers,
+        "accounts": args.accounts,
+        "batch_events": args.batch_events,
+        "seconds": engine.elapsed.as_secs_f64(),
+        "transfers_per_second": transfers_per_second.round(),
+        "baseline_per_second": baseline_per_second.round(),
+        "ratio": (ratio * 1000.0).round() / 1000.0,
+        "not_ok": engine.failed,
+        "batch_latency_us_p50": engine.latency_us.value_at_quantile(0.5),
+        "batch_latency_us_p99": engine.latency_us.value_at_quantile(0.99),
+        "bytes_per_account": (engine.bytes_per_account * 10.0).round() / 10.0,
+        "bytes_per_account_method": "capacity of the account records, list heads and id index",
+        "bytes_per_transfer": (engine.bytes_per_transfer * 10.0).round() / 10.0,
+        "digest": format!("{:032x}", engine.digest),
+    });
+    println!("{summary}");
+    Ok(())
 }

@@ -8,13 +8,33 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::id_hash::{IdMap, IdSet};
 use crate::limits::{
-    ACCOUNTS_MAX, BATCH_EVENTS_MAX, EVENT_SIZE, HISTORY_ROWS_MAX, NANOSECONDS_PER_SECOND,
-    TRANSFERS_MAX,
+    ACCOUNTS_MAX, BATCH_EVENTS_MAX, EVENT_SIZE, HISTORY_ROWS_MAX, LOOKAHEAD_EVENTS,
+    NANOSECONDS_PER_SECOND, TRANSFERS_MAX,
 };
 use crate::results::{CreateAccountResult, CreateTransferResult};
 use crate::types::{
     Account, AccountBalance, AccountFlags, EventResult, Operation, Transfer, TransferFlags,
 };
+
+/// A record stored on a cache-line boundary. A 128-byte record then spans exactly two cache lines
+/// instead of three, and the per-transfer write of a new record fills whole lines.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(crate) struct Aligned<T>(pub(crate) T);
+
+impl<T> core::ops::Deref for Aligned<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> core::ops::DerefMut for Aligned<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.0
+    }
+}
 
 /// "No record": the end of a per-account list.
 pub(crate) const NONE: u32 = u32::MAX;
@@ -116,6 +136,27 @@ struct ChainMarks {
     history_count: usize,
 }
 
+/// What one event of a transfer batch refers to, looked up `LOOKAHEAD_EVENTS` events at a time
+/// before those events are applied. The lookups run in one tight loop so that the cache misses of
+/// many events overlap (memory-level parallelism) instead of each event waiting on its own; the
+/// main loop then finds the same map buckets and records still in cache.
+///
+/// Valid for the whole batch: accounts are never created during `create_transfers`, so the
+/// account indexes (and `NONE` = not found) are final; transfers that existed before the batch are
+/// never removed by it, so a found `existing` or `pending` is final, while `NONE` there only means
+/// "not before this batch" and is looked up again.
+#[derive(Clone, Copy, Debug)]
+struct Hint {
+    /// The transfer with the event's id, if it existed before the batch.
+    existing: u32,
+    /// Plain or pending: the event's accounts. Post or void: the pending transfer's accounts,
+    /// when `pending` was found.
+    debit: u32,
+    credit: u32,
+    /// Post or void: the pending transfer, if it existed before the batch.
+    pending: u32,
+}
+
 /// A result and the timestamp reported with it.
 #[derive(Clone, Copy, Debug)]
 struct Outcome<R> {
@@ -143,12 +184,12 @@ pub struct Ledger {
     pub(crate) history_rows_max: usize,
 
     /// In creation (= timestamp) order.
-    pub(crate) accounts: Vec<Account>,
+    pub(crate) accounts: Vec<Aligned<Account>>,
     pub(crate) account_links: Vec<AccountLinks>,
     pub(crate) account_indexes: IdMap<u128, u32>,
 
     /// In creation (= timestamp) order.
-    pub(crate) transfers: Vec<Transfer>,
+    pub(crate) transfers: Vec<Aligned<Transfer>>,
     pub(crate) transfer_links: Vec<TransferLinks>,
     pub(crate) transfer_indexes: IdMap<u128, u32>,
 
@@ -166,6 +207,8 @@ pub struct Ledger {
 
     undo: Vec<Undo>,
     undo_recording: bool,
+    /// Scratch for `create_transfers`, kept to avoid an allocation per batch.
+    hints: Vec<Hint>,
 }
 
 impl Default for Ledger {
@@ -294,6 +337,7 @@ impl Ledger {
             hash_chain: 0,
             undo: Vec::new(),
             undo_recording: false,
+            hints: Vec::new(),
         }
     }
 
@@ -654,10 +698,10 @@ impl Ledger {
             return Outcome::failed(R::AccountsCapacityExceeded);
         }
         let account_index = self.accounts.len() as u32;
-        self.accounts.push(Account {
+        self.accounts.push(Aligned(Account {
             timestamp,
             ..*event
-        });
+        }));
         self.account_links.push(AccountLinks {
             transfers_head: NONE,
             history_head: NONE,
@@ -734,10 +778,17 @@ impl Ledger {
     /// Panics under the same conditions as `create_accounts`.
     pub fn create_transfers(&mut self, timestamp: u64, events: &[Transfer]) -> Vec<EventResult> {
         self.begin_batch(timestamp, events.len());
+        let mut hints = std::mem::take(&mut self.hints);
+        let stable_transfers_count = self.transfers.len();
         let mut results: Vec<EventResult> = Vec::with_capacity(events.len());
         let mut chain: Option<ChainMarks> = None;
         let mut chain_broken = false;
         for (index, event) in events.iter().enumerate() {
+            if index % LOOKAHEAD_EVENTS == 0 {
+                let ahead = &events[index..events.len().min(index + LOOKAHEAD_EVENTS)];
+                self.resolve_hints(ahead, stable_transfers_count, &mut hints);
+            }
+            let hint = &hints[index % LOOKAHEAD_EVENTS];
             let linked = event.has_flag(TransferFlags::LINKED);
             if linked && chain.is_none() {
                 chain = Some(self.chain_begin(index));
@@ -747,7 +798,7 @@ impl Ledger {
             } else if linked && index == events.len() - 1 {
                 Outcome::failed(CreateTransferResult::LinkedEventChainOpen)
             } else {
-                self.create_transfer(event, timestamp + index as u64)
+                self.create_transfer(event, timestamp + index as u64, hint)
             };
             results.push(EventResult {
                 index: index as u32,
@@ -780,6 +831,7 @@ impl Ledger {
         // A chain still open here ended in `linked_event_chain_open` and was rolled back.
         assert!(chain.is_none() || chain_broken);
         assert!(!self.undo_recording);
+        self.hints = hints;
         self.end_batch(
             Operation::CreateTransfers,
             timestamp,
@@ -789,10 +841,63 @@ impl Ledger {
         results
     }
 
+    /// Fills `hints` for `events`. Only transfers below `stable_transfers_count` (those that
+    /// existed before the batch, which the batch never removes) are trusted as found.
+    fn resolve_hints(
+        &self,
+        events: &[Transfer],
+        stable_transfers_count: usize,
+        hints: &mut Vec<Hint>,
+    ) {
+        let transfer_of = |id: &u128| match self.transfer_indexes.get(id) {
+            Some(&index) if (index as usize) < stable_transfers_count => index,
+            _ => NONE,
+        };
+        // Reading the account record (both of its cache lines) and list heads here, for every
+        // event at once, is what lets their cache misses overlap; the asserts are real invariants.
+        let index_of = |id: &u128| match self.account_indexes.get(id) {
+            Some(&index) => {
+                let account = &self.accounts[index as usize];
+                assert!(account.id == *id && account.ledger != 0);
+                std::hint::black_box(self.account_links[index as usize]);
+                index
+            }
+            None => NONE,
+        };
+        let resolving = TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER;
+        hints.clear();
+        hints.extend(events.iter().map(|event| {
+            let existing = transfer_of(&event.id);
+            if event.flags & resolving == 0 {
+                return Hint {
+                    existing,
+                    debit: index_of(&event.debit_account_id),
+                    credit: index_of(&event.credit_account_id),
+                    pending: NONE,
+                };
+            }
+            let pending = transfer_of(&event.pending_id);
+            let (debit, credit) = match self.transfers.get(pending as usize) {
+                Some(pending) => (
+                    index_of(&pending.debit_account_id),
+                    index_of(&pending.credit_account_id),
+                ),
+                None => (NONE, NONE),
+            };
+            Hint {
+                existing,
+                debit,
+                credit,
+                pending,
+            }
+        }));
+    }
+
     fn create_transfer(
         &mut self,
         event: &Transfer,
         timestamp: u64,
+        hint: &Hint,
     ) -> Outcome<CreateTransferResult> {
         use CreateTransferResult as R;
         if event.timestamp != 0 {
@@ -807,7 +912,11 @@ impl Ledger {
         if event.id == u128::MAX {
             return Outcome::failed(R::IdMustNotBeIntMax);
         }
-        if let Some(&index) = self.transfer_indexes.get(&event.id) {
+        let existing = match hint.existing {
+            NONE => self.transfer_indexes.get(&event.id).copied(),
+            index => Some(index),
+        };
+        if let Some(index) = existing {
             let existing = &self.transfers[index as usize];
             return Outcome {
                 result: self.transfer_exists(event, existing),
@@ -822,9 +931,9 @@ impl Ledger {
         }
         let resolving = TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER;
         let result = if event.flags & resolving != 0 {
-            self.post_or_void_pending_transfer(event, timestamp)
+            self.post_or_void_pending_transfer(event, timestamp, hint)
         } else {
-            self.create_single_phase_or_pending(event, timestamp)
+            self.create_single_phase_or_pending(event, timestamp, hint)
         };
         match result {
             Ok(()) => Outcome {
@@ -894,20 +1003,20 @@ impl Ledger {
         &mut self,
         event: &Transfer,
         timestamp: u64,
+        hint: &Hint,
     ) -> Result<(), CreateTransferResult> {
         use CreateTransferResult as R;
         Self::validate_transfer(event)?;
         if self.transfer_ids_full() {
             return Err(R::TransfersCapacityExceeded);
         }
-        let debit_index = *self
-            .account_indexes
-            .get(&event.debit_account_id)
-            .ok_or(R::DebitAccountNotFound)? as usize;
-        let credit_index = *self
-            .account_indexes
-            .get(&event.credit_account_id)
-            .ok_or(R::CreditAccountNotFound)? as usize;
+        if hint.debit == NONE {
+            return Err(R::DebitAccountNotFound);
+        }
+        if hint.credit == NONE {
+            return Err(R::CreditAccountNotFound);
+        }
+        let (debit_index, credit_index) = (hint.debit as usize, hint.credit as usize);
         let debit = &self.accounts[debit_index];
         let credit = &self.accounts[credit_index];
         if debit.ledger != credit.ledger {
@@ -1042,6 +1151,7 @@ impl Ledger {
         &mut self,
         event: &Transfer,
         timestamp: u64,
+        hint: &Hint,
     ) -> Result<(), CreateTransferResult> {
         use CreateTransferResult as R;
         if event.pending_id == 0 {
@@ -1059,14 +1169,23 @@ impl Ledger {
         if self.transfer_ids_full() {
             return Err(R::TransfersCapacityExceeded);
         }
-        let pending_index = *self
-            .transfer_indexes
-            .get(&event.pending_id)
-            .ok_or(R::PendingTransferNotFound)?;
+        let pending_index = match hint.pending {
+            NONE => *self
+                .transfer_indexes
+                .get(&event.pending_id)
+                .ok_or(R::PendingTransferNotFound)?,
+            index => index,
+        };
         let pending = self.transfers[pending_index as usize];
         let amount = self.check_post_or_void(event, &pending, pending_index, timestamp)?;
-        let debit_index = self.account_indexes[&pending.debit_account_id] as usize;
-        let credit_index = self.account_indexes[&pending.credit_account_id] as usize;
+        let (debit_index, credit_index) = if hint.pending == NONE {
+            (
+                self.account_indexes[&pending.debit_account_id] as usize,
+                self.account_indexes[&pending.credit_account_id] as usize,
+            )
+        } else {
+            (hint.debit as usize, hint.credit as usize)
+        };
         let post = event.has_flag(TransferFlags::POST_PENDING_TRANSFER);
         let debit = &self.accounts[debit_index];
         let credit = &self.accounts[credit_index];
@@ -1208,7 +1327,7 @@ impl Ledger {
     ) -> u32 {
         let transfer_index = self.transfers.len() as u32;
         assert!(self.transfers.len() < self.transfers_max);
-        self.transfers.push(transfer);
+        self.transfers.push(Aligned(transfer));
         self.transfer_links.push(TransferLinks {
             debit_previous: self.account_links[debit_index].transfers_head,
             credit_previous: self.account_links[credit_index].transfers_head,

@@ -22,7 +22,7 @@ impl Ledger {
         ids.iter()
             .take(LOOKUP_IDS_MAX)
             .filter_map(|id| self.account_indexes.get(id))
-            .map(|&index| self.accounts[index as usize])
+            .map(|&index| *self.accounts[index as usize])
             .collect()
     }
 
@@ -32,7 +32,7 @@ impl Ledger {
         ids.iter()
             .take(LOOKUP_IDS_MAX)
             .filter_map(|id| self.transfer_indexes.get(id))
-            .map(|&index| self.transfers[index as usize])
+            .map(|&index| *self.transfers[index as usize])
             .collect()
     }
 
@@ -62,7 +62,7 @@ impl Ledger {
                 break;
             }
             if (is_debit && bounds.debits) || (!is_debit && bounds.credits) {
-                matches.push(*transfer);
+                matches.push(**transfer);
                 if bounds.reversed && matches.len() == bounds.limit {
                     break;
                 }

@@ -24,7 +24,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::id_hash::{IdMap, IdSet};
 use crate::ledger::{
-    expires_at, AccountLinks, HistoryRow, Ledger, PendingStatus, TransferLinks, NONE,
+    expires_at, AccountLinks, Aligned, HistoryRow, Ledger, PendingStatus, TransferLinks, NONE,
 };
 use crate::limits::{SNAPSHOT_HEADER_SIZE, SNAPSHOT_VERSION};
 use crate::types::{Account, AccountBalance, Transfer, TransferFlags};
@@ -127,8 +127,12 @@ impl Ledger {
         ] {
             bytes.extend_from_slice(&(count as u64).to_le_bytes());
         }
-        bytes.extend_from_slice(self.accounts.as_bytes());
-        bytes.extend_from_slice(self.transfers.as_bytes());
+        for account in &self.accounts {
+            bytes.extend_from_slice(account.as_bytes());
+        }
+        for transfer in &self.transfers {
+            bytes.extend_from_slice(transfer.as_bytes());
+        }
         for (index, status) in &pending {
             bytes.extend_from_slice(&index.to_le_bytes());
             bytes.extend_from_slice(&[*status as u8, 0, 0, 0]);
@@ -231,8 +235,10 @@ impl Ledger {
         if count > self.accounts_max {
             return Err(SnapshotError::Invalid("more accounts than capacity"));
         }
-        self.accounts = vec![Account::default(); count];
-        self.accounts.as_mut_bytes().copy_from_slice(bytes);
+        self.accounts = bytes
+            .chunks_exact(128)
+            .map(|chunk| Aligned(Account::read_from_bytes(chunk).expect("128 bytes")))
+            .collect();
         self.account_links = vec![
             AccountLinks {
                 transfers_head: NONE,
@@ -259,8 +265,10 @@ impl Ledger {
         if count > self.transfers_max {
             return Err(SnapshotError::Invalid("more transfers than capacity"));
         }
-        self.transfers = vec![Transfer::default(); count];
-        self.transfers.as_mut_bytes().copy_from_slice(bytes);
+        self.transfers = bytes
+            .chunks_exact(128)
+            .map(|chunk| Aligned(Transfer::read_from_bytes(chunk).expect("128 bytes")))
+            .collect();
         self.transfer_links = Vec::with_capacity(count);
         self.transfer_indexes.reserve(count);
         for index in 0..count {
