@@ -1,0 +1,45 @@
+//! `tally`: run a node (`tally start`) or talk to one.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tally_api::cli::Cli;
+use tally_api::cli::Command;
+use tally_api::server::ServerConfig;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match &cli.command {
+        Command::Start { data_dir, http } => start(ServerConfig {
+            data_dir: data_dir.clone(),
+            http_addr: *http,
+            api_token: cli.api_token.clone(),
+        }),
+        _ => tally_api::cli::run_client(&cli),
+    };
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(config: ServerConfig) -> anyhow::Result<bool> {
+    tally_api::server::check_config(&config)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(tally_api::server::run(config))?;
+    Ok(true)
+}

@@ -1,0 +1,235 @@
+//! Restarts and crashes of a real `tally start` process: nothing acknowledged is ever lost.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use common::u128_of;
+use common::Server;
+use rand::Rng;
+use rand::SeedableRng;
+use serde_json::json;
+use serde_json::Value;
+
+const ACCOUNTS_COUNT: u64 = 8;
+const CLIENTS_COUNT: u64 = 4;
+const EVENTS_PER_REQUEST: u64 = 25;
+/// How long the clients load the server before it is killed.
+const LOAD_DURATION_MS: u64 = 1_500;
+/// Each client stops after this many requests even if the kill has not come yet.
+const REQUESTS_PER_CLIENT_MAX: u64 = 400;
+
+fn create_accounts(server: &Server, ledger: u32) {
+    let accounts: Vec<Value> = (1..=ACCOUNTS_COUNT)
+        .map(|id| json!({"id": (u64::from(ledger) * 1000 + id).to_string(), "ledger": ledger, "code": 1}))
+        .collect();
+    let statuses = server.create("/v1/accounts", &Value::Array(accounts));
+    assert!(statuses.iter().all(|status| status == "ok"), "{statuses:?}");
+}
+
+/// Σ debits_posted and Σ credits_posted over the accounts of `ledger`.
+fn ledger_sums(server: &Server, ledger: u32) -> (u128, u128) {
+    let mut sums = (0u128, 0u128);
+    for id in 1..=ACCOUNTS_COUNT {
+        let (status, account) =
+            server.get(&format!("/v1/accounts/{}", u64::from(ledger) * 1000 + id));
+        assert_eq!(status, 200, "{account}");
+        sums.0 += u128_of(&account["debits_posted"]);
+        sums.1 += u128_of(&account["credits_posted"]);
+    }
+    sums
+}
+
+#[test]
+fn restart_keeps_every_transfer_and_the_digest() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&directory.path().join("data"), None);
+    create_accounts(&server, 1);
+    let mut expected = BTreeMap::new();
+    for request in 0..20u64 {
+        let transfers: Vec<Value> = (0..50u64)
+            .map(|event| {
+                let id = 1 + request * 50 + event;
+                expected.insert(id, id % 97 + 1);
+                json!({"id": id.to_string(), "debit_account_id": (1001 + id % 8).to_string(),
+                       "credit_account_id": (1001 + (id + 1) % 8).to_string(), "amount": (id % 97 + 1).to_string(),
+                       "ledger": 1, "code": 1})
+            })
+            .collect();
+        let statuses = server.create("/v1/transfers", &Value::Array(transfers));
+        assert!(statuses.iter().all(|status| status == "ok"), "{statuses:?}");
+    }
+    let digest = server.digest();
+    let sums = ledger_sums(&server, 1);
+    assert_eq!(sums.0, sums.1);
+
+    assert!(
+        server.terminate(),
+        "SIGTERM must end the server cleanly:\n{}",
+        server.log()
+    );
+    server.restart();
+    assert_eq!(server.digest(), digest, "a clean restart changed the state");
+    assert_eq!(ledger_sums(&server, 1), sums);
+    for (id, amount) in [
+        (1u64, expected[&1]),
+        (500, expected[&500]),
+        (1000, expected[&1000]),
+    ] {
+        let (status, transfer) = server.get(&format!("/v1/transfers/{id}"));
+        assert_eq!(status, 200);
+        assert_eq!(u128_of(&transfer["amount"]), u128::from(amount));
+    }
+
+    server.kill_9();
+    server.restart();
+    assert_eq!(
+        server.digest(),
+        digest,
+        "a crash after a clean restart changed the state"
+    );
+}
+
+#[test]
+fn kill_9_under_load_loses_no_acknowledged_transfer() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&directory.path().join("data"), None);
+    create_accounts(&server, 1);
+    create_accounts(&server, 2);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS_COUNT)
+        .map(|client| {
+            let base = server.base.clone();
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || load(client, &base, &stop))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(LOAD_DURATION_MS));
+    server.kill_9();
+    stop.store(true, Ordering::SeqCst);
+    let mut acknowledged = BTreeMap::new();
+    let mut submitted = BTreeMap::new();
+    for client in clients {
+        let (client_acknowledged, client_submitted) = client.join().expect("client thread");
+        acknowledged.extend(client_acknowledged);
+        submitted.extend(client_submitted);
+    }
+    assert!(
+        acknowledged.len() > 100,
+        "too little load to mean anything: {}",
+        acknowledged.len()
+    );
+
+    server.restart();
+    let found = transfers_found(&server);
+    let mut found_sums: BTreeMap<u32, u128> = BTreeMap::new();
+    for (id, (ledger, amount)) in &found {
+        assert_eq!(
+            submitted.get(id),
+            Some(&(*ledger, *amount)),
+            "transfer {id} was never submitted like this"
+        );
+        *found_sums.entry(*ledger).or_default() += amount;
+    }
+    for (id, sent) in &acknowledged {
+        assert_eq!(
+            found.get(id),
+            Some(sent),
+            "acknowledged transfer {id} was lost"
+        );
+    }
+    for ledger in [1u32, 2] {
+        let (debits, credits) = ledger_sums(&server, ledger);
+        assert_eq!(debits, credits, "ledger {ledger} does not balance");
+        assert_eq!(
+            debits,
+            found_sums.get(&ledger).copied().unwrap_or(0),
+            "ledger {ledger}: balances disagree with the transfers found"
+        );
+    }
+}
+
+/// Every stored transfer, found by paging through each account's debits (each transfer debits
+/// exactly one account).
+fn transfers_found(server: &Server) -> Sent {
+    let mut found = Sent::new();
+    for ledger in [1u32, 2] {
+        for account in 1..=ACCOUNTS_COUNT {
+            let account_id = u64::from(ledger) * 1000 + account;
+            let mut timestamp_min = 0u64;
+            loop {
+                let (status, page) = server.get(&format!(
+                    "/v1/accounts/{account_id}/transfers?direction=debits&timestamp_min={timestamp_min}"
+                ));
+                assert_eq!(status, 200, "{page}");
+                let page = page.as_array().expect("an array").clone();
+                for transfer in &page {
+                    let id = u64::try_from(u128_of(&transfer["id"])).expect("a small id");
+                    let ledger = u32::try_from(transfer["ledger"].as_u64().unwrap()).unwrap();
+                    found.insert(id, (ledger, u128_of(&transfer["amount"])));
+                }
+                match page.last() {
+                    Some(last) if page.len() == tally_engine::limits::QUERY_RESULTS_MAX => {
+                        timestamp_min = last["timestamp"].as_u64().unwrap() + 1;
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+    found
+}
+
+type Sent = BTreeMap<u64, (u32, u128)>;
+
+/// One client: batches of transfers with unique ids until stopped or the server dies. Returns
+/// (acknowledged ok, everything submitted).
+fn load(client: u64, base: &str, stop: &AtomicBool) -> (Sent, Sent) {
+    let agent = common::agent();
+    let mut random = rand_chacha::ChaCha8Rng::seed_from_u64(client);
+    let mut acknowledged = Sent::new();
+    let mut submitted = Sent::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for request in 0..REQUESTS_PER_CLIENT_MAX {
+        if stop.load(Ordering::SeqCst) || Instant::now() > deadline {
+            break;
+        }
+        let ledger: u32 = random.gen_range(1..=2);
+        let mut batch = Vec::new();
+        let mut ids = Vec::new();
+        for event in 0..EVENTS_PER_REQUEST {
+            let id = 1 + (client * REQUESTS_PER_CLIENT_MAX + request) * EVENTS_PER_REQUEST + event;
+            let debit = random.gen_range(1..=ACCOUNTS_COUNT);
+            let credit = 1 + debit % ACCOUNTS_COUNT;
+            let amount: u128 = random.gen_range(1..=1_000_000);
+            let base_id = u64::from(ledger) * 1000;
+            batch.push(json!({"id": id.to_string(), "debit_account_id": (base_id + debit).to_string(),
+                              "credit_account_id": (base_id + credit).to_string(), "amount": amount.to_string(),
+                              "ledger": ledger, "code": 1}));
+            submitted.insert(id, (ledger, amount));
+            ids.push(id);
+        }
+        let response = agent
+            .post(format!("{base}/v1/transfers"))
+            .header("Content-Type", "application/json")
+            .send(Value::Array(batch).to_string());
+        let Ok(mut response) = response else { break };
+        if response.status() != 200 {
+            continue;
+        }
+        let Ok(results) = response.body_mut().read_json::<Value>() else {
+            break;
+        };
+        for (id, result) in ids.iter().zip(results.as_array().expect("results")) {
+            assert_eq!(result["status"], "ok", "transfer {id}");
+            acknowledged.insert(*id, submitted[id]);
+        }
+    }
+    (acknowledged, submitted)
+}
