@@ -294,6 +294,16 @@ impl Ledger {
         ledger.transfers.reserve_exact(transfers_max);
         ledger.transfer_links.reserve_exact(transfers_max);
         ledger.transfer_indexes.reserve(transfers_max);
+        // Touch the record memory now, at start-up, so that the operating system's first-touch
+        // page faults are not paid on the hot path (static allocation, as a node would do).
+        ledger
+            .accounts
+            .resize(accounts_max, Aligned(Account::default()));
+        ledger.accounts.clear();
+        ledger
+            .transfers
+            .resize(transfers_max, Aligned(Transfer::default()));
+        ledger.transfers.clear();
         ledger
     }
 

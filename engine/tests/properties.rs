@@ -208,7 +208,7 @@ fn run(ledger: &mut Ledger, batches: &[TimedBatch]) -> Vec<Vec<EventResult>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
     #[test]
     fn invariants_hold_after_every_batch(batches in batches_strategy()) {
