@@ -22,6 +22,10 @@ use openraft::EntryPayload;
 use tally_engine::Ledger;
 use tally_engine::Operation;
 
+use crate::checkpoint::Checkpoint;
+use crate::checkpoint::Checkpoints;
+use crate::checkpoint::DriftState;
+use crate::checkpoint::OPERATION_CHECKPOINT;
 use crate::limits::APPLY_RING_SLOTS;
 use crate::types::BatchReply;
 use crate::types::LogId;
@@ -33,6 +37,12 @@ pub struct Core {
     pub ledger: Ledger,
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
+    /// Record a checkpoint every this many log indexes (0 = never).
+    pub checkpoint_every_entries: u64,
+    pub checkpoints: Checkpoints,
+    pub drift: Arc<DriftState>,
+    /// Where this node's own checkpoints go to be proposed (if it leads).
+    pub checkpoint_sink: Option<tokio::sync::mpsc::Sender<Checkpoint>>,
 }
 
 impl Core {
@@ -41,6 +51,10 @@ impl Core {
             ledger,
             last_applied: None,
             membership: StoredMembership::default(),
+            checkpoint_every_entries: 0,
+            checkpoints: Checkpoints::default(),
+            drift: Arc::new(DriftState::default()),
+            checkpoint_sink: None,
         }
     }
 
@@ -55,6 +69,16 @@ impl Core {
             }
             let reply = match entry.payload {
                 EntryPayload::Blank => BatchReply::default(),
+                EntryPayload::Normal(batch) if batch.operation == OPERATION_CHECKPOINT => {
+                    match Checkpoint::from_payload(&batch.events) {
+                        Some(leader) => self.checkpoints.verify(leader, &self.drift),
+                        None => tracing::warn!(
+                            index = entry.log_id.index,
+                            "malformed checkpoint entry ignored"
+                        ),
+                    }
+                    BatchReply::default()
+                }
                 EntryPayload::Normal(batch) => apply_batch(&mut self.ledger, &batch),
                 EntryPayload::Membership(membership) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), membership);
@@ -62,9 +86,26 @@ impl Core {
                 }
             };
             self.last_applied = Some(entry.log_id);
+            self.maybe_checkpoint(entry.log_id.index);
             if let Some(responder) = responder {
                 responder.send(reply);
             }
+        }
+    }
+
+    fn maybe_checkpoint(&mut self, index: u64) {
+        if self.checkpoint_every_entries == 0 || index % self.checkpoint_every_entries != 0 {
+            return;
+        }
+        let checkpoint = Checkpoint {
+            index,
+            digest: self.ledger.digest(),
+            hash_chain: self.ledger.hash_chain(),
+        };
+        self.checkpoints.record(checkpoint, &self.drift);
+        if let Some(sink) = &self.checkpoint_sink {
+            // Only the leader's proposer uses it; a full queue just skips one.
+            let _ = sink.try_send(checkpoint);
         }
     }
 }
@@ -243,5 +284,96 @@ impl WaitStrategy for ProgressiveWait {
             let sleep_us = (10 * (steps + 1)).min(WAIT_SLEEP_MAX_US);
             std::thread::sleep(Duration::from_micros(sleep_us));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::EntryPayload;
+
+    use super::*;
+    use crate::log_store::log_id;
+    use crate::types::Batch;
+    use crate::types::Entry;
+
+    fn entry(
+        index: u64,
+        payload: EntryPayload<Batch, u64, crate::types::NodeInfo>,
+    ) -> EntryResponder<TypeConfig> {
+        (
+            Entry {
+                log_id: log_id(1, 1, index),
+                payload,
+            },
+            None,
+        )
+    }
+
+    fn checkpoint_entry(index: u64, checkpoint: Checkpoint) -> EntryResponder<TypeConfig> {
+        let events =
+            bytes::Bytes::copy_from_slice(zerocopy::IntoBytes::as_bytes(&checkpoint.to_record()));
+        entry(
+            index,
+            EntryPayload::Normal(Batch {
+                operation: OPERATION_CHECKPOINT,
+                timestamp: 0,
+                events,
+            }),
+        )
+    }
+
+    fn core_with_checkpoints() -> Core {
+        let mut core = Core::new(Ledger::new());
+        core.checkpoint_every_entries = 2;
+        core
+    }
+
+    #[test]
+    fn a_matching_checkpoint_is_verified() {
+        let mut core = core_with_checkpoints();
+        core.apply_entries(vec![
+            entry(1, EntryPayload::Blank),
+            entry(2, EntryPayload::Blank),
+        ]);
+        let recorded = core.drift.last_recorded().expect("recorded at index 2");
+        core.apply_entries(vec![checkpoint_entry(3, recorded)]);
+        assert_eq!(core.drift.last_verified(), Some(recorded));
+        assert!(!core.drift.is_diverged());
+    }
+
+    #[test]
+    fn a_mismatching_checkpoint_marks_the_node_diverged() {
+        let mut core = core_with_checkpoints();
+        core.apply_entries(vec![
+            entry(1, EntryPayload::Blank),
+            entry(2, EntryPayload::Blank),
+        ]);
+        let mut leader = core.drift.last_recorded().expect("recorded at index 2");
+        leader.digest ^= 1;
+        core.apply_entries(vec![checkpoint_entry(3, leader)]);
+        assert!(core.drift.is_diverged());
+        let divergence = core.drift.divergence().expect("divergence");
+        assert_eq!(divergence.index, 2);
+        assert_eq!(divergence.leader, leader);
+    }
+
+    #[test]
+    fn a_checkpoint_for_an_unknown_index_is_not_judged() {
+        let mut core = core_with_checkpoints();
+        let unknown = Checkpoint {
+            index: 40,
+            digest: 1,
+            hash_chain: 2,
+        };
+        core.apply_entries(vec![checkpoint_entry(41, unknown)]);
+        assert!(!core.drift.is_diverged());
+        assert_eq!(core.drift.last_verified(), None);
+    }
+
+    #[test]
+    fn timestamps_never_go_backwards() {
+        assert_eq!(effective_timestamp(100, 0), 100);
+        assert_eq!(effective_timestamp(100, 150), 151);
+        assert_eq!(effective_timestamp(200, 150), 200);
     }
 }

@@ -26,6 +26,8 @@ use zerocopy::FromBytes;
 
 use crate::limits::BATCHES_IN_FLIGHT_MAX;
 use crate::limits::INGRESS_QUEUE_SUBMISSIONS;
+use crate::limits::LEADER_SETTLE_PAUSE;
+use crate::limits::LEADER_SETTLE_RETRIES;
 use crate::types::Batch;
 use crate::types::NodeId;
 use crate::types::NodeInfo;
@@ -54,6 +56,9 @@ pub enum SubmitError {
     Unknown(String),
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// This node's state diverged from the leader's; it no longer serves.
+    #[error("this node's state diverged from the leader's; it no longer serves")]
+    Diverged,
 }
 
 struct Submission {
@@ -176,12 +181,31 @@ async fn batch_loop(raft: Raft, mut receiver: mpsc::Receiver<Submission>) {
         let raft = raft.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let outcome = raft.client_write(batch).await;
+            let outcome = write_while_leader_settles(&raft, batch).await;
             metrics::histogram!("tally_commit_apply_seconds")
                 .record(started.elapsed().as_secs_f64());
             drop(permit);
             answer_group(group, outcome);
         });
+    }
+}
+
+/// A new leader refuses writes (with no leader named) until a quorum has
+/// acknowledged it once: its lease is not yet valid. Nothing was appended, so
+/// retrying for a bounded time is safe and spares the client a round trip.
+async fn write_while_leader_settles(raft: &Raft, batch: Batch) -> WriteOutcome {
+    let mut attempts = 0;
+    loop {
+        let outcome = raft.client_write(batch.clone()).await;
+        let unsettled = matches!(
+            &outcome,
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) if forward.leader_id.is_none()
+        );
+        if !unsettled || attempts == LEADER_SETTLE_RETRIES || !raft.is_leader() {
+            return outcome;
+        }
+        attempts += 1;
+        tokio::time::sleep(LEADER_SETTLE_PAUSE).await;
     }
 }
 

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apply;
+pub mod checkpoint;
 pub mod ingress;
 pub mod limits;
 pub mod log_store;

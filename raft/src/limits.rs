@@ -24,6 +24,18 @@ pub const LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES: u64 = 1_000;
 /// times the entries one append may carry).
 pub const RPC_FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 
+/// Checkpoints (digest + hash chain at an index) each node remembers to
+/// verify the leader's checkpoint entries against.
+pub const CHECKPOINTS_KEPT: usize = 64;
+
+/// Log indexes between two checkpoints (the digest is a full-state scan).
+pub const CHECKPOINT_EVERY_ENTRIES_DEFAULT: u64 = 1_000;
+
+/// How often, and how far apart, a batch is retried while a new leader's
+/// lease is not yet valid (nothing was appended: safe to retry).
+pub const LEADER_SETTLE_RETRIES: u32 = 40;
+pub const LEADER_SETTLE_PAUSE: std::time::Duration = std::time::Duration::from_millis(25);
+
 /// Entries carried by one append-entries RPC.
 pub const APPEND_ENTRIES_MAX: u64 = 64;
 

@@ -2,27 +2,37 @@
 //! ingress batcher, wired together. A single node is a one-member cluster.
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use openraft::errors::ClientWriteError;
 use openraft::errors::LinearizableReadError;
 use openraft::errors::RaftError;
 use openraft::raft::ReadPolicy;
 use openraft::type_config::async_runtime::WatchReceiver;
+use openraft::ChangeMembers;
 use openraft::Config;
 use openraft::SnapshotPolicy;
 use tally_engine::EventResult;
 use tally_engine::Ledger;
 use tally_engine::Operation;
+use zerocopy::IntoBytes;
 
 use crate::apply::ApplyRing;
 use crate::apply::Core;
+use crate::checkpoint::Checkpoint;
+use crate::checkpoint::Divergence;
+use crate::checkpoint::DriftState;
+use crate::checkpoint::OPERATION_CHECKPOINT;
 use crate::ingress::Ingress;
 use crate::ingress::SubmitError;
 use crate::limits::APPEND_ENTRIES_MAX;
+use crate::limits::CHECKPOINTS_KEPT;
+use crate::limits::CHECKPOINT_EVERY_ENTRIES_DEFAULT;
 use crate::limits::LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES;
 use crate::limits::SNAPSHOT_EVERY_ENTRIES_DEFAULT;
 use crate::log_store::LogStore;
@@ -31,6 +41,7 @@ use crate::network::NetworkSettings;
 use crate::network::TcpTransport;
 use crate::snapshots::SnapshotFiles;
 use crate::state_machine::StateMachine;
+use crate::types::Batch;
 use crate::types::NodeId;
 use crate::types::NodeInfo;
 use crate::types::Raft;
@@ -50,6 +61,15 @@ pub struct NodeConfig {
     /// Shared by every member; peers without it are refused.
     pub cluster_secret: Vec<u8>,
     pub network: NetworkSettings,
+    /// Static initial membership (including this node). Empty: a one-member
+    /// cluster of this node. Used only when the data directory is fresh.
+    pub initial_members: BTreeMap<NodeId, NodeInfo>,
+    /// Fresh data directory but do not initialise: wait to be added to an
+    /// existing cluster (as a learner, then promoted).
+    pub join: bool,
+    /// Where to accept peer connections (`None`: no peers, a single node).
+    pub raft_listen: Option<std::net::SocketAddr>,
+    pub checkpoint_every_entries: u64,
 }
 
 impl NodeConfig {
@@ -68,6 +88,10 @@ impl NodeConfig {
             election_timeout_max_ms: 1000,
             cluster_secret: Vec::new(),
             network: NetworkSettings::default(),
+            initial_members: BTreeMap::new(),
+            join: false,
+            raft_listen: None,
+            checkpoint_every_entries: CHECKPOINT_EVERY_ENTRIES_DEFAULT,
         }
     }
 }
@@ -80,6 +104,11 @@ pub enum StartError {
     Journal(String),
     #[error("raft: {0}")]
     Raft(String),
+    #[error("peer listener on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: io::Error,
+    },
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -91,6 +120,20 @@ pub enum ReadError {
     },
     #[error("read failed: {0}")]
     Failed(String),
+    #[error("this node's state diverged from the leader's; it no longer serves")]
+    Diverged,
+}
+
+/// Why a cluster administration request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AdminError {
+    #[error("this node is not the leader (leader: {leader_id:?})")]
+    NotLeader {
+        leader_id: Option<NodeId>,
+        leader: Option<NodeInfo>,
+    },
+    #[error("{0}")]
+    Rejected(String),
 }
 
 /// A snapshot of what a node knows about itself and the cluster.
@@ -106,6 +149,23 @@ pub struct NodeStatus {
     pub snapshot_index: Option<u64>,
     pub purged_index: Option<u64>,
     pub members: BTreeMap<NodeId, NodeInfo>,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    /// Membership is a joint configuration (a change is in progress).
+    pub joint: bool,
+    /// Leader only: each member's matched log index and its lag behind the leader's last index.
+    pub replication: BTreeMap<NodeId, MemberProgress>,
+    /// The last checkpoint this node recorded and the last one it verified against the leader's.
+    pub checkpoint_recorded: Option<Checkpoint>,
+    pub checkpoint_verified: Option<Checkpoint>,
+    /// Set when a checkpoint mismatch was found: this node stopped serving.
+    pub divergence: Option<Divergence>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MemberProgress {
+    pub matched_index: Option<u64>,
+    pub lag: u64,
 }
 
 /// What the business-logic thread reports about the ledger.
@@ -129,6 +189,8 @@ struct NodeInner {
     raft: Raft,
     ring: Arc<ApplyRing>,
     ingress: Ingress,
+    drift: Arc<DriftState>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Node {
@@ -147,8 +209,15 @@ impl Node {
             SnapshotFiles::open(storage, &data_dir.join("snapshots"))
                 .map_err(|error| StartError::Journal(error.to_string()))?,
         );
-        let state_machine = StateMachine::open(snapshots)
-            .map_err(|error| StartError::Journal(error.to_string()))?;
+        let drift = Arc::new(DriftState::default());
+        let (checkpoint_sink, checkpoints) =
+            tokio::sync::mpsc::channel::<Checkpoint>(CHECKPOINTS_KEPT);
+        let state_machine = StateMachine::open(snapshots, |core| {
+            core.checkpoint_every_entries = config.checkpoint_every_entries;
+            core.drift = Arc::clone(&drift);
+            core.checkpoint_sink = Some(checkpoint_sink);
+        })
+        .map_err(|error| StartError::Journal(error.to_string()))?;
         let ring = Arc::clone(state_machine.ring());
 
         let raft_config = Config {
@@ -176,20 +245,39 @@ impl Node {
         .await
         .map_err(|error| StartError::Raft(error.to_string()))?;
 
+        let mut tasks = Vec::new();
+        if let Some(addr) = config.raft_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Listen { addr, source })?;
+            let secret = config.cluster_secret.clone();
+            let peer_raft = raft.clone();
+            tasks.push(tokio::spawn(async move {
+                crate::network::serve_tcp(listener, peer_raft, &secret).await;
+            }));
+        }
+
         let initialized = raft
             .is_initialized()
             .await
             .map_err(|error| StartError::Raft(error.to_string()))?;
-        if !initialized {
-            let members = BTreeMap::from([(config.node_id, config.info.clone())]);
+        if !initialized && !config.join {
+            let members = if config.initial_members.is_empty() {
+                BTreeMap::from([(config.node_id, config.info.clone())])
+            } else {
+                config.initial_members.clone()
+            };
+            let count = members.len();
             raft.initialize(members)
                 .await
                 .map_err(|error| StartError::Raft(error.to_string()))?;
             tracing::info!(
                 node_id = config.node_id,
-                "initialised a new one-member cluster"
+                members = count,
+                "initialised a new cluster"
             );
         }
+        tasks.push(tokio::spawn(propose_checkpoints(raft.clone(), checkpoints)));
         let ingress = Ingress::start(raft.clone());
         Ok(Node {
             inner: Arc::new(NodeInner {
@@ -197,6 +285,8 @@ impl Node {
                 raft,
                 ring,
                 ingress,
+                drift,
+                tasks,
             }),
         })
     }
@@ -227,6 +317,9 @@ impl Node {
         operation: Operation,
         events: Bytes,
     ) -> Result<Vec<EventResult>, SubmitError> {
+        if self.inner.drift.is_diverged() {
+            return Err(SubmitError::Diverged);
+        }
         self.inner.ingress.submit(operation, events).await
     }
 
@@ -238,6 +331,9 @@ impl Node {
         T: Send + 'static,
         F: FnOnce(&Ledger) -> T + Send + 'static,
     {
+        if self.inner.drift.is_diverged() {
+            return Err(ReadError::Diverged);
+        }
         self.inner
             .raft
             .ensure_linearizable(ReadPolicy::ReadIndex)
@@ -252,6 +348,9 @@ impl Node {
         T: Send + 'static,
         F: FnOnce(&Ledger) -> T + Send + 'static,
     {
+        if self.inner.drift.is_diverged() {
+            return Err(ReadError::Diverged);
+        }
         self.inner
             .ring
             .run(move |core: &mut Core| query(&core.ledger))
@@ -276,31 +375,180 @@ impl Node {
 
     pub fn status(&self) -> NodeStatus {
         let metrics = self.inner.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        let last_log_index = metrics.last_log_index.unwrap_or(0);
+        let replication = metrics
+            .replication
+            .as_ref()
+            .map(|progress| {
+                progress
+                    .iter()
+                    .map(|(id, matched)| {
+                        let matched_index = matched.map(|log_id| log_id.index);
+                        let lag = last_log_index.saturating_sub(matched_index.unwrap_or(0));
+                        (*id, MemberProgress { matched_index, lag })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         NodeStatus {
             node_id: self.inner.node_id,
             state: format!("{:?}", metrics.state),
             leader_id: metrics.current_leader,
             term: metrics.current_term,
             last_log_index: metrics.last_log_index,
-            committed_index: metrics.last_applied.map(|log_id| log_id.index),
+            committed_index: metrics.cluster_committed.map(|log_id| log_id.index),
             applied_index: metrics.last_applied.map(|log_id| log_id.index),
             snapshot_index: metrics.snapshot.map(|log_id| log_id.index),
             purged_index: metrics.purged.map(|log_id| log_id.index),
-            members: metrics
-                .membership_config
-                .membership()
+            members: membership
                 .nodes()
                 .map(|(id, info)| (*id, info.clone()))
                 .collect(),
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+            joint: membership.get_joint_config().len() > 1,
+            replication,
+            checkpoint_recorded: self.inner.drift.last_recorded(),
+            checkpoint_verified: self.inner.drift.last_verified(),
+            divergence: self.inner.drift.divergence(),
         }
+    }
+
+    /// The leader's id and addresses, as this node knows them.
+    pub fn leader(&self) -> (Option<NodeId>, Option<NodeInfo>) {
+        let metrics = self.inner.raft.metrics().borrow_watched().clone();
+        let leader = metrics.current_leader;
+        let info = leader.and_then(|id| {
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .cloned()
+        });
+        (leader, info)
+    }
+
+    /// Adds a node as a learner and waits until it has caught up.
+    pub async fn add_learner(&self, node_id: NodeId, info: NodeInfo) -> Result<(), AdminError> {
+        self.inner
+            .raft
+            .add_learner(node_id, info, true)
+            .await
+            .map(|_| ())
+            .map_err(admin_error)
+    }
+
+    /// Makes `voters` the voting members (joint consensus under the hood).
+    /// Every new voter must be a learner already. Removed voters are dropped
+    /// from the cluster unless `keep_as_learners`.
+    pub async fn change_voters(
+        &self,
+        voters: BTreeSet<NodeId>,
+        keep_as_learners: bool,
+    ) -> Result<(), AdminError> {
+        if voters.is_empty() {
+            return Err(AdminError::Rejected(
+                "a cluster needs at least one voter".into(),
+            ));
+        }
+        self.inner
+            .raft
+            .change_membership(ChangeMembers::ReplaceAllVoters(voters), keep_as_learners)
+            .await
+            .map(|_| ())
+            .map_err(admin_error)
+    }
+
+    /// Removes `node_id` from the cluster (voter or learner).
+    pub async fn remove_node(&self, node_id: NodeId) -> Result<(), AdminError> {
+        let status = self.status();
+        if status.voters.contains(&node_id) {
+            let voters: BTreeSet<NodeId> = status
+                .voters
+                .iter()
+                .copied()
+                .filter(|id| *id != node_id)
+                .collect();
+            self.change_voters(voters, false).await?;
+        }
+        let still_member = self.status().members.contains_key(&node_id);
+        if still_member {
+            self.inner
+                .raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([node_id])), false)
+                .await
+                .map_err(admin_error)?;
+        }
+        Ok(())
+    }
+
+    /// Asks the leader to hand leadership to `node_id`.
+    pub async fn transfer_leader(&self, node_id: NodeId) -> Result<(), AdminError> {
+        let status = self.status();
+        if status.leader_id != Some(self.inner.node_id) {
+            let (leader_id, leader) = self.leader();
+            return Err(AdminError::NotLeader { leader_id, leader });
+        }
+        if !status.voters.contains(&node_id) {
+            return Err(AdminError::Rejected(format!(
+                "node {node_id} is not a voter"
+            )));
+        }
+        self.inner
+            .raft
+            .trigger()
+            .transfer_leader(node_id)
+            .await
+            .map_err(|error| AdminError::Rejected(error.to_string()))
+    }
+
+    /// Takes a snapshot now (and purges the log behind it per policy).
+    pub async fn trigger_snapshot(&self) -> Result<(), AdminError> {
+        self.inner
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|error| AdminError::Rejected(error.to_string()))
     }
 
     /// Stops Raft and the business-logic thread.
     pub async fn shutdown(&self) {
+        for task in &self.inner.tasks {
+            task.abort();
+        }
         if let Err(error) = self.inner.raft.shutdown().await {
             tracing::warn!(%error, "raft shutdown");
         }
         self.inner.ring.shutdown();
+    }
+}
+
+fn admin_error(error: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> AdminError {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => AdminError::NotLeader {
+            leader_id: forward.leader_id,
+            leader: forward.leader_node,
+        },
+        other => AdminError::Rejected(other.to_string()),
+    }
+}
+
+/// The leader proposes its own checkpoints as log entries for followers to verify.
+async fn propose_checkpoints(raft: Raft, mut checkpoints: tokio::sync::mpsc::Receiver<Checkpoint>) {
+    while let Some(checkpoint) = checkpoints.recv().await {
+        if !raft.is_leader() {
+            continue;
+        }
+        let batch = Batch {
+            operation: OPERATION_CHECKPOINT,
+            timestamp: 0,
+            events: Bytes::copy_from_slice(checkpoint.to_record().as_bytes()),
+        };
+        if let Err(error) = raft.client_write(batch).await {
+            tracing::debug!(%error, index = checkpoint.index, "checkpoint not proposed");
+        }
     }
 }
 

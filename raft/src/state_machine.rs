@@ -33,20 +33,24 @@ pub struct StateMachine {
 
 impl StateMachine {
     /// Restores the ledger from the latest snapshot on disk (if any) and starts
-    /// the business-logic thread.
-    pub fn open(snapshots: Arc<SnapshotFiles>) -> io::Result<StateMachine> {
-        let core = match snapshots.load_latest()? {
+    /// the business-logic thread. `configure` sets up the rest of the core
+    /// (checkpoints, drift state) before the thread starts.
+    pub fn open(
+        snapshots: Arc<SnapshotFiles>,
+        configure: impl FnOnce(&mut Core),
+    ) -> io::Result<StateMachine> {
+        let mut core = match snapshots.load_latest()? {
             Some((meta, data)) => {
                 let ledger = Ledger::restore(&data).map_err(io::Error::other)?;
                 tracing::info!(last_log_id = ?meta.last_log_id, "restored the ledger from a snapshot");
-                Core {
-                    ledger,
-                    last_applied: meta.last_log_id,
-                    membership: meta.last_membership,
-                }
+                let mut core = Core::new(ledger);
+                core.last_applied = meta.last_log_id;
+                core.membership = meta.last_membership;
+                core
             }
             None => Core::new(Ledger::new()),
         };
+        configure(&mut core);
         Ok(StateMachine {
             ring: ApplyRing::start(core),
             snapshots,
@@ -169,6 +173,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 core.ledger = ledger;
                 core.last_applied = meta.last_log_id;
                 core.membership = meta.last_membership;
+                // Checkpoints recorded before were of a state this one replaces.
+                core.checkpoints = Default::default();
             })
             .await
             .map_err(ring_error)?;

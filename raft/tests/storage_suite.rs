@@ -23,7 +23,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
         let snapshots = Arc::new(
             SnapshotFiles::open(storage, &dir.path().join("snapshots")).expect("open snapshots"),
         );
-        let state_machine = StateMachine::open(snapshots).expect("open state machine");
+        let state_machine = StateMachine::open(snapshots, |_| {}).expect("open state machine");
         Ok((dir, log, state_machine))
     }
 }
