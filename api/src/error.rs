@@ -163,3 +163,67 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (pipeline error, status, Retry-After expected, message substring)
+    fn submit_cases() -> Vec<(SubmitError, u16, bool, &'static str)> {
+        vec![
+            (SubmitError::Busy, 503, true, "nothing was accepted"),
+            (
+                SubmitError::NotLeader {
+                    leader_id: Some(2),
+                    leader: Some(tally_raft::types::NodeInfo {
+                        raft_addr: "10.0.0.2:4000".into(),
+                        http_addr: "http://10.0.0.2:3000".into(),
+                        region: "eu".into(),
+                    }),
+                },
+                503,
+                true,
+                "send to the leader at http://10.0.0.2:3000",
+            ),
+            (
+                SubmitError::Invalid("bad batch".into()),
+                400,
+                false,
+                "bad batch",
+            ),
+            (
+                SubmitError::Unknown("leader changed".into()),
+                503,
+                true,
+                "retrying with the same ids is safe",
+            ),
+            (
+                SubmitError::ShuttingDown,
+                503,
+                true,
+                "retrying with the same ids is safe",
+            ),
+            (SubmitError::Diverged, 503, false, "no longer serves"),
+        ]
+    }
+
+    #[test]
+    fn pipeline_errors_map_to_statuses_and_retry_hints() {
+        for (error, status, retry, message) in submit_cases() {
+            let case = format!("{error:?}");
+            let api_error = ApiError::from(error);
+            assert!(
+                api_error.body.error.contains(message),
+                "{case}: {}",
+                api_error.body.error
+            );
+            let response = api_error.into_response();
+            assert_eq!(response.status().as_u16(), status, "{case}");
+            assert_eq!(
+                response.headers().contains_key(header::RETRY_AFTER),
+                retry,
+                "{case}"
+            );
+        }
+    }
+}
