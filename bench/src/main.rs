@@ -8,7 +8,10 @@ mod journal;
 mod server;
 
 #[derive(Parser)]
-#[command(name = "tally-bench", about = "Tally benchmarks; each prints its figures last as one JSON line")]
+#[command(
+    name = "tally-bench",
+    about = "Tally benchmarks; each prints its figures last as one JSON line"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
