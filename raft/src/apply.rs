@@ -155,10 +155,17 @@ struct Slot {
 type RingProducer = disruptor::MultiProducer<Slot, disruptor::SingleConsumerBarrier>;
 
 /// The producer side of the apply ring, shared by the state machine and readers.
+///
+/// In production the jobs run on the business-logic thread behind a disruptor
+/// ring. The simulator cannot run threads (its nodes share one deterministic
+/// scheduler), so it uses [`ApplyRing::inline`]: the same jobs, through the
+/// same interface, run on the calling task in publication order.
 pub struct ApplyRing {
     producer: Mutex<Option<RingProducer>>,
     /// Jobs published and not yet run: the ring's occupancy.
     occupancy: Arc<AtomicI64>,
+    /// Set for the inline mode; `None` once shut down.
+    inline: Option<Mutex<Option<Core>>>,
 }
 
 impl ApplyRing {
@@ -187,6 +194,16 @@ impl ApplyRing {
         Arc::new(ApplyRing {
             producer: Mutex::new(Some(producer)),
             occupancy,
+            inline: None,
+        })
+    }
+
+    /// No thread: every job runs on the task that publishes it, in order.
+    pub fn inline(core: Core) -> Arc<ApplyRing> {
+        Arc::new(ApplyRing {
+            producer: Mutex::new(None),
+            occupancy: Arc::new(AtomicI64::new(0)),
+            inline: Some(Mutex::new(Some(core))),
         })
     }
 
@@ -207,6 +224,14 @@ impl ApplyRing {
     /// Publishes `jobs` in order with `batch_publish` (in ring-sized pieces).
     /// Waits asynchronously, without spinning, while the ring is full.
     pub async fn publish(&self, jobs: Vec<Job>) -> Result<(), RingClosed> {
+        if let Some(inline) = &self.inline {
+            let mut core = inline.lock().expect("core lock");
+            let core = core.as_mut().ok_or(RingClosed)?;
+            for job in jobs {
+                job(core);
+            }
+            return Ok(());
+        }
         let mut jobs = jobs.into_iter().peekable();
         let mut backoff_us = 10;
         while jobs.peek().is_some() {
@@ -242,6 +267,9 @@ impl ApplyRing {
     pub fn shutdown(&self) {
         let producer = self.producer.lock().expect("producer lock").take();
         drop(producer);
+        if let Some(inline) = &self.inline {
+            inline.lock().expect("core lock").take();
+        }
     }
 }
 

@@ -8,8 +8,6 @@
 //! before anything of theirs is accepted.
 
 use std::sync::Arc;
-use std::time::SystemTime;
-use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
 use bytes::BytesMut;
@@ -33,6 +31,7 @@ use crate::types::NodeId;
 use crate::types::NodeInfo;
 use crate::types::Raft;
 use crate::types::TypeConfig;
+use crate::Clock;
 
 /// Why a submission was not answered with results.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -79,9 +78,9 @@ pub struct Ingress {
 }
 
 impl Ingress {
-    pub fn start(raft: Raft) -> Ingress {
+    pub fn start(raft: Raft, clock: Clock) -> Ingress {
         let (sender, receiver) = mpsc::channel(INGRESS_QUEUE_SUBMISSIONS);
-        tokio::spawn(batch_loop(raft, receiver));
+        tokio::spawn(batch_loop(raft, receiver, clock));
         Ingress { sender }
     }
 
@@ -132,15 +131,7 @@ fn validate(events: &Bytes) -> Result<(), SubmitError> {
     Ok(())
 }
 
-/// Wall-clock nanoseconds: the leader's proposal for the next event timestamp.
-fn now_ns() -> u64 {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX)
-}
-
-async fn batch_loop(raft: Raft, mut receiver: mpsc::Receiver<Submission>) {
+async fn batch_loop(raft: Raft, mut receiver: mpsc::Receiver<Submission>, clock: Clock) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
     let mut carried: Option<Submission> = None;
     let mut last_timestamp = 0u64;
@@ -170,7 +161,7 @@ async fn batch_loop(raft: Raft, mut receiver: mpsc::Receiver<Submission>) {
         for submission in &group {
             events.extend_from_slice(&submission.events);
         }
-        let timestamp = now_ns().max(last_timestamp + 1);
+        let timestamp = clock.now_ns().max(last_timestamp + 1);
         last_timestamp = timestamp + event_count as u64 - 1;
         let batch = Batch {
             operation: operation as u8,

@@ -34,6 +34,7 @@ use crate::types::Entry;
 use crate::types::LogId;
 use crate::types::TypeConfig;
 use crate::types::Vote;
+use crate::Threads;
 
 #[derive(Clone)]
 pub struct LogStore {
@@ -44,7 +45,9 @@ struct Shared {
     journal: Mutex<Journal>,
     meta: Mutex<MetaStore>,
     vote: Mutex<Option<Vote>>,
-    flusher: mpsc::Sender<FlushRequest>,
+    /// The flusher thread; `None` with `Threads::Inline` (sync in place).
+    flusher: Option<mpsc::Sender<FlushRequest>>,
+    threads: Threads,
 }
 
 struct FlushRequest {
@@ -67,6 +70,16 @@ impl LogStore {
     /// Opens (and recovers) the journal in `dir` on `storage`: the real file
     /// system in production, a simulated disk in the simulator.
     pub fn open(storage: Arc<dyn Storage>, dir: &Path) -> io::Result<LogStore> {
+        LogStore::open_with(storage, dir, Threads::Dedicated)
+    }
+
+    /// As [`LogStore::open`]; with `Threads::Inline` appends are synced on the
+    /// calling task instead of by the flusher thread (for the simulator).
+    pub fn open_with(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        threads: Threads,
+    ) -> io::Result<LogStore> {
         let (journal, report) =
             Journal::open(Arc::clone(&storage), dir, JournalOptions::default()).map_err(to_io)?;
         tracing::info!(?report, "journal recovered");
@@ -79,59 +92,73 @@ impl LogStore {
             }
             None => None,
         };
-        let (flusher, requests) = mpsc::channel::<FlushRequest>();
+        let (flusher, requests) = match threads {
+            Threads::Dedicated => {
+                let (flusher, requests) = mpsc::channel::<FlushRequest>();
+                (Some(flusher), Some(requests))
+            }
+            Threads::Inline => (None, None),
+        };
         let shared = Arc::new(Shared {
             journal: Mutex::new(journal),
             meta: Mutex::new(meta),
             vote: Mutex::new(vote),
             flusher,
+            threads,
         });
-        let weak = Arc::downgrade(&shared);
-        std::thread::Builder::new()
-            .name("tally-journal-flush".into())
-            .spawn(move || flush_loop(weak, requests))?;
+        if let Some(requests) = requests {
+            let weak = Arc::downgrade(&shared);
+            std::thread::Builder::new()
+                .name("tally-journal-flush".into())
+                .spawn(move || flush_loop(weak, requests))?;
+        }
         Ok(LogStore { shared })
     }
 }
 
-/// Group commit: drain every waiting request, sync once (the newest ticket
-/// covers every earlier append), then acknowledge them all in order.
+/// Group commit: drain every waiting request, sync once, acknowledge all.
 fn flush_loop(shared: std::sync::Weak<Shared>, requests: mpsc::Receiver<FlushRequest>) {
     while let Ok(first) = requests.recv() {
         let mut waiting = vec![first];
         while let Ok(next) = requests.try_recv() {
             waiting.push(next);
         }
-        let last = waiting.pop().expect("at least one request");
-        let started = std::time::Instant::now();
-        let outcome = last.ticket.sync();
-        metrics::histogram!("tally_journal_fsync_seconds").record(started.elapsed().as_secs_f64());
-        match outcome {
-            Ok(durable) => {
-                if let Some(shared) = shared.upgrade() {
-                    shared
-                        .journal
-                        .lock()
-                        .expect("journal lock")
-                        .mark_durable(durable);
-                }
-                for request in waiting {
-                    request.callback.io_completed(Ok(()));
-                }
-                last.callback.io_completed(Ok(()));
+        flush_group(shared.upgrade().as_deref(), waiting);
+    }
+}
+
+/// Syncs once for a group of appends (the newest ticket covers every earlier
+/// append) and only then acknowledges them, in order.
+fn flush_group(shared: Option<&Shared>, mut waiting: Vec<FlushRequest>) {
+    let last = waiting.pop().expect("at least one request");
+    let started = std::time::Instant::now();
+    let outcome = last.ticket.sync();
+    metrics::histogram!("tally_journal_fsync_seconds").record(started.elapsed().as_secs_f64());
+    match outcome {
+        Ok(durable) => {
+            if let Some(shared) = shared {
+                shared
+                    .journal
+                    .lock()
+                    .expect("journal lock")
+                    .mark_durable(durable);
             }
-            Err(error) => {
-                // A failed fsync is fatal (fsyncgate): the journal refuses
-                // further writes and openraft stops this node.
-                tracing::error!(%error, "journal fsync failed");
-                let message = error.to_string();
-                for request in waiting {
-                    request
-                        .callback
-                        .io_completed(Err(io::Error::other(message.clone())));
-                }
-                last.callback.io_completed(Err(io::Error::other(message)));
+            for request in waiting {
+                request.callback.io_completed(Ok(()));
             }
+            last.callback.io_completed(Ok(()));
+        }
+        Err(error) => {
+            // A failed fsync is fatal (fsyncgate): the journal refuses
+            // further writes and openraft stops this node.
+            tracing::error!(%error, "journal fsync failed");
+            let message = error.to_string();
+            for request in waiting {
+                request
+                    .callback
+                    .io_completed(Err(io::Error::other(message.clone())));
+            }
+            last.callback.io_completed(Err(io::Error::other(message)));
         }
     }
 }
@@ -255,7 +282,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             postcard::to_allocvec(&Metadata { vote: Some(*vote) }).map_err(io::Error::other)?;
         let shared = Arc::clone(&self.shared);
         let vote = *vote;
-        tokio::task::spawn_blocking(move || -> io::Result<()> {
+        crate::blocking(self.shared.threads, move || -> io::Result<()> {
             shared
                 .meta
                 .lock()
@@ -266,7 +293,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Ok(())
         })
         .await
-        .map_err(io::Error::other)?
     }
 
     async fn append<I>(
@@ -278,17 +304,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
+        let entries = entries
+            .into_iter()
+            .map(|entry| to_journal_entry(&entry))
+            .collect::<io::Result<Vec<JournalEntry>>>()?;
         let ticket = {
             let mut journal = self.shared.journal.lock().expect("journal lock");
-            for entry in entries {
-                journal.append(&to_journal_entry(&entry)?).map_err(to_io)?;
-            }
+            journal.append_all(&entries).map_err(to_io)?;
             journal.prepare_sync()
         };
-        self.shared
-            .flusher
-            .send(FlushRequest { ticket, callback })
-            .map_err(|_| io::Error::other("the journal flusher has stopped"))
+        let request = FlushRequest { ticket, callback };
+        match &self.shared.flusher {
+            Some(flusher) => flusher
+                .send(request)
+                .map_err(|_| io::Error::other("the journal flusher has stopped")),
+            None => {
+                flush_group(Some(&self.shared), vec![request]);
+                Ok(())
+            }
+        }
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {

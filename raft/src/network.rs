@@ -52,7 +52,7 @@ use crate::types::Vote;
 /// Protocol magic and version, checked in the first frame of a connection.
 const PROTOCOL_MAGIC: u32 = u32::from_le_bytes(*b"TLYR");
 const PROTOCOL_VERSION: u16 = 1;
-const NONCE_SIZE: usize = 32;
+pub const NONCE_SIZE: usize = 32;
 
 /// Where byte streams to peers come from.
 pub trait Transport: Clone + Send + Sync + 'static {
@@ -337,12 +337,17 @@ impl<T: Transport> RaftNetworkV2<TypeConfig> for PeerClient<T> {
 // ---------------------------------------------------------------- server
 
 /// Serves Raft RPCs on one accepted connection until the peer goes away.
-pub async fn serve_connection<S>(mut stream: S, raft: Raft, secret: Arc<Vec<u8>>, peer: String)
-where
+/// `nonce` must be fresh and unpredictable for every connection (the
+/// simulator passes one from its seeded generator).
+pub async fn serve_connection<S>(
+    mut stream: S,
+    raft: Raft,
+    secret: Arc<Vec<u8>>,
+    peer: String,
+    nonce: [u8; NONCE_SIZE],
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut nonce = [0u8; NONCE_SIZE];
-    rand::Rng::fill(&mut rand::thread_rng(), &mut nonce[..]);
     let challenge = Challenge {
         magic: PROTOCOL_MAGIC,
         version: PROTOCOL_VERSION,
@@ -418,11 +423,14 @@ pub async fn serve_tcp(listener: tokio::net::TcpListener, raft: Raft, secret: &[
         match listener.accept().await {
             Ok((stream, address)) => {
                 let _ = stream.set_nodelay(true);
+                let mut nonce = [0u8; NONCE_SIZE];
+                rand::Rng::fill(&mut rand::thread_rng(), &mut nonce[..]);
                 tokio::spawn(serve_connection(
                     stream,
                     raft.clone(),
                     Arc::clone(&secret),
                     address.to_string(),
+                    nonce,
                 ));
             }
             Err(error) => {

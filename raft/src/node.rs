@@ -39,6 +39,7 @@ use crate::log_store::LogStore;
 use crate::network::Network;
 use crate::network::NetworkSettings;
 use crate::network::TcpTransport;
+use crate::network::Transport;
 use crate::snapshots::SnapshotFiles;
 use crate::state_machine::StateMachine;
 use crate::types::Batch;
@@ -46,6 +47,7 @@ use crate::types::NodeId;
 use crate::types::NodeInfo;
 use crate::types::Raft;
 use crate::types::TypeConfig;
+use crate::Threads;
 
 /// How a node is started.
 #[derive(Clone, Debug)]
@@ -70,6 +72,8 @@ pub struct NodeConfig {
     /// Where to accept peer connections (`None`: no peers, a single node).
     pub raft_listen: Option<std::net::SocketAddr>,
     pub checkpoint_every_entries: u64,
+    /// Where the leader's timestamps come from.
+    pub clock: crate::Clock,
 }
 
 impl NodeConfig {
@@ -92,6 +96,7 @@ impl NodeConfig {
             join: false,
             raft_listen: None,
             checkpoint_every_entries: CHECKPOINT_EVERY_ENTRIES_DEFAULT,
+            clock: crate::wall_clock(),
         }
     }
 }
@@ -190,21 +195,59 @@ struct NodeInner {
     ring: Arc<ApplyRing>,
     ingress: Ingress,
     drift: Arc<DriftState>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// What a node runs on: its disk, how it runs blocking work, its network.
+pub struct Environment<T: Transport> {
+    pub storage: Arc<dyn tally_journal::Storage>,
+    pub threads: Threads,
+    pub transport: T,
 }
 
 impl Node {
     /// Opens (or creates) the data directory, recovers snapshot + log, starts
     /// Raft and, on a fresh directory, initialises a one-member cluster.
     pub async fn start(config: NodeConfig) -> Result<Node, StartError> {
-        let data_dir = config.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
-            path: data_dir.clone(),
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.clone(),
             source,
         })?;
-        let storage = tally_journal::FsStorage::shared();
-        let log_store = LogStore::open(Arc::clone(&storage), &data_dir.join("log"))
-            .map_err(|error| StartError::Journal(error.to_string()))?;
+        let environment = Environment {
+            storage: tally_journal::FsStorage::shared(),
+            threads: Threads::Dedicated,
+            transport: TcpTransport,
+        };
+        let node = Node::start_in(config.clone(), environment).await?;
+        if let Some(addr) = config.raft_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Listen { addr, source })?;
+            let secret = config.cluster_secret.clone();
+            let peer_raft = node.raft().clone();
+            let task = tokio::spawn(async move {
+                crate::network::serve_tcp(listener, peer_raft, &secret).await;
+            });
+            node.inner.tasks.lock().expect("tasks lock").push(task);
+        }
+        Ok(node)
+    }
+
+    /// Starts a node on the given storage, threads and peer transport. The
+    /// caller serves incoming peer connections (`network::serve_connection`).
+    /// Production uses [`Node::start`]; the simulator its own disk and network.
+    pub async fn start_in<T: Transport>(
+        config: NodeConfig,
+        environment: Environment<T>,
+    ) -> Result<Node, StartError> {
+        let data_dir = config.data_dir.clone();
+        let storage = environment.storage;
+        let log_store = LogStore::open_with(
+            Arc::clone(&storage),
+            &data_dir.join("log"),
+            environment.threads,
+        )
+        .map_err(|error| StartError::Journal(error.to_string()))?;
         let snapshots = Arc::new(
             SnapshotFiles::open(storage, &data_dir.join("snapshots"))
                 .map_err(|error| StartError::Journal(error.to_string()))?,
@@ -212,7 +255,7 @@ impl Node {
         let drift = Arc::new(DriftState::default());
         let (checkpoint_sink, checkpoints) =
             tokio::sync::mpsc::channel::<Checkpoint>(CHECKPOINTS_KEPT);
-        let state_machine = StateMachine::open(snapshots, |core| {
+        let state_machine = StateMachine::open_with(snapshots, environment.threads, |core| {
             core.checkpoint_every_entries = config.checkpoint_every_entries;
             core.drift = Arc::clone(&drift);
             core.checkpoint_sink = Some(checkpoint_sink);
@@ -238,7 +281,11 @@ impl Node {
         let raft = Raft::new(
             config.node_id,
             raft_config,
-            Network::new(TcpTransport, &config.cluster_secret, config.network.clone()),
+            Network::new(
+                environment.transport,
+                &config.cluster_secret,
+                config.network.clone(),
+            ),
             log_store,
             state_machine,
         )
@@ -246,17 +293,6 @@ impl Node {
         .map_err(|error| StartError::Raft(error.to_string()))?;
 
         let mut tasks = Vec::new();
-        if let Some(addr) = config.raft_listen {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Listen { addr, source })?;
-            let secret = config.cluster_secret.clone();
-            let peer_raft = raft.clone();
-            tasks.push(tokio::spawn(async move {
-                crate::network::serve_tcp(listener, peer_raft, &secret).await;
-            }));
-        }
-
         let initialized = raft
             .is_initialized()
             .await
@@ -278,7 +314,7 @@ impl Node {
             );
         }
         tasks.push(tokio::spawn(propose_checkpoints(raft.clone(), checkpoints)));
-        let ingress = Ingress::start(raft.clone());
+        let ingress = Ingress::start(raft.clone(), config.clock.clone());
         Ok(Node {
             inner: Arc::new(NodeInner {
                 node_id: config.node_id,
@@ -286,7 +322,7 @@ impl Node {
                 ring,
                 ingress,
                 drift,
-                tasks,
+                tasks: std::sync::Mutex::new(tasks),
             }),
         })
     }
@@ -515,7 +551,7 @@ impl Node {
 
     /// Stops Raft and the business-logic thread.
     pub async fn shutdown(&self) {
-        for task in &self.inner.tasks {
+        for task in self.inner.tasks.lock().expect("tasks lock").iter() {
             task.abort();
         }
         if let Err(error) = self.inner.raft.shutdown().await {

@@ -24,11 +24,13 @@ use crate::types::SnapshotData;
 use crate::types::SnapshotMeta;
 use crate::types::StoredMembership;
 use crate::types::TypeConfig;
+use crate::Threads;
 
 #[derive(Clone)]
 pub struct StateMachine {
     ring: Arc<ApplyRing>,
     snapshots: Arc<SnapshotFiles>,
+    threads: Threads,
 }
 
 impl StateMachine {
@@ -37,6 +39,16 @@ impl StateMachine {
     /// (checkpoints, drift state) before the thread starts.
     pub fn open(
         snapshots: Arc<SnapshotFiles>,
+        configure: impl FnOnce(&mut Core),
+    ) -> io::Result<StateMachine> {
+        StateMachine::open_with(snapshots, Threads::Dedicated, configure)
+    }
+
+    /// As [`StateMachine::open`]; with `Threads::Inline` the engine runs on
+    /// the calling task (no business-logic thread), for the simulator.
+    pub fn open_with(
+        snapshots: Arc<SnapshotFiles>,
+        threads: Threads,
         configure: impl FnOnce(&mut Core),
     ) -> io::Result<StateMachine> {
         let mut core = match snapshots.load_latest()? {
@@ -51,9 +63,14 @@ impl StateMachine {
             None => Core::new(Ledger::new()),
         };
         configure(&mut core);
+        let ring = match threads {
+            Threads::Dedicated => ApplyRing::start(core),
+            Threads::Inline => ApplyRing::inline(core),
+        };
         Ok(StateMachine {
-            ring: ApplyRing::start(core),
+            ring,
             snapshots,
+            threads,
         })
     }
 
@@ -88,13 +105,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             last_membership: membership,
         };
         let snapshots = Arc::clone(&self.snapshots);
-        let (meta, data) =
-            tokio::task::spawn_blocking(move || -> io::Result<(SnapshotMeta, Vec<u8>)> {
+        let (meta, data) = crate::blocking(
+            self.threads,
+            move || -> io::Result<(SnapshotMeta, Vec<u8>)> {
                 snapshots.save(&meta, &data)?;
                 Ok((meta, data))
-            })
-            .await
-            .map_err(io::Error::other)??;
+            },
+        )
+        .await?;
         metrics::counter!("tally_snapshots_built_total").increment(1);
         tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "snapshot built");
         Ok(Snapshot {
@@ -158,14 +176,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let snapshots = Arc::clone(&self.snapshots);
         let saved_meta = meta.clone();
         let (ledger, snapshot) =
-            tokio::task::spawn_blocking(move || -> io::Result<(Ledger, Vec<u8>)> {
+            crate::blocking(self.threads, move || -> io::Result<(Ledger, Vec<u8>)> {
                 let ledger = Ledger::restore(&snapshot)
                     .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
                 snapshots.save(&saved_meta, &snapshot)?;
                 Ok((ledger, snapshot))
             })
-            .await
-            .map_err(io::Error::other)??;
+            .await?;
         drop(snapshot);
         let meta = meta.clone();
         self.ring
@@ -184,9 +201,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let snapshots = Arc::clone(&self.snapshots);
-        let latest = tokio::task::spawn_blocking(move || snapshots.load_latest())
-            .await
-            .map_err(io::Error::other)??;
+        let latest = crate::blocking(self.threads, move || snapshots.load_latest()).await?;
         Ok(latest.map(|(meta, data)| Snapshot {
             meta,
             snapshot: data,
