@@ -4,6 +4,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,10 +20,12 @@ use serde_json::Value;
 const ACCOUNTS_COUNT: u64 = 8;
 const CLIENTS_COUNT: u64 = 4;
 const EVENTS_PER_REQUEST: u64 = 25;
-/// How long the clients load the server before it is killed.
-const LOAD_DURATION_MS: u64 = 1_500;
-/// Each client stops after this many requests even if the kill has not come yet.
-const REQUESTS_PER_CLIENT_MAX: u64 = 400;
+/// Requests acknowledged (all clients together) before the server is killed mid-load.
+const REQUESTS_BEFORE_KILL: u64 = 300;
+/// The longest the load may take to reach `REQUESTS_BEFORE_KILL`.
+const LOAD_TIMEOUT_MS: u64 = 30_000;
+/// Spacing of the clients' id ranges: no client sends more requests than this.
+const REQUESTS_PER_CLIENT_MAX: u64 = 1_000_000;
 
 fn create_accounts(server: &Server, ledger: u32) {
     let accounts: Vec<Value> = (1..=ACCOUNTS_COUNT)
@@ -103,23 +106,36 @@ fn kill_9_under_load_loses_no_acknowledged_transfer() {
     create_accounts(&server, 2);
 
     let stop = Arc::new(AtomicBool::new(false));
+    let requests_acknowledged = Arc::new(AtomicU64::new(0));
     let clients: Vec<_> = (0..CLIENTS_COUNT)
         .map(|client| {
             let base = server.base.clone();
             let stop = Arc::clone(&stop);
-            std::thread::spawn(move || load(client, &base, &stop))
+            let requests_acknowledged = Arc::clone(&requests_acknowledged);
+            std::thread::spawn(move || load(client, &base, &stop, &requests_acknowledged))
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(LOAD_DURATION_MS));
+    let deadline = Instant::now() + Duration::from_millis(LOAD_TIMEOUT_MS);
+    while requests_acknowledged.load(Ordering::SeqCst) < REQUESTS_BEFORE_KILL
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     server.kill_9();
     stop.store(true, Ordering::SeqCst);
     let mut acknowledged = BTreeMap::new();
     let mut submitted = BTreeMap::new();
+    let mut clients_interrupted = 0;
     for client in clients {
-        let (client_acknowledged, client_submitted) = client.join().expect("client thread");
-        acknowledged.extend(client_acknowledged);
-        submitted.extend(client_submitted);
+        let outcome = client.join().expect("client thread");
+        acknowledged.extend(outcome.acknowledged);
+        submitted.extend(outcome.submitted);
+        clients_interrupted += usize::from(outcome.interrupted);
     }
+    assert!(
+        clients_interrupted > 0,
+        "the kill must come while clients are sending"
+    );
     assert!(
         acknowledged.len() > 100,
         "too little load to mean anything: {}",
@@ -128,6 +144,12 @@ fn kill_9_under_load_loses_no_acknowledged_transfer() {
 
     server.restart();
     let found = transfers_found(&server);
+    eprintln!(
+        "{} transfers acknowledged, {} submitted, {} found after kill -9 and restart",
+        acknowledged.len(),
+        submitted.len(),
+        found.len()
+    );
     let mut found_sums: BTreeMap<u32, u128> = BTreeMap::new();
     for (id, (ledger, amount)) in &found {
         assert_eq!(
@@ -188,19 +210,34 @@ fn transfers_found(server: &Server) -> Sent {
 
 type Sent = BTreeMap<u64, (u32, u128)>;
 
-/// One client: batches of transfers with unique ids until stopped or the server dies. Returns
-/// (acknowledged ok, everything submitted).
-fn load(client: u64, base: &str, stop: &AtomicBool) -> (Sent, Sent) {
+struct LoadOutcome {
+    acknowledged: Sent,
+    submitted: Sent,
+    /// A request failed because the server died under it.
+    interrupted: bool,
+}
+
+/// One client: batches of transfers with unique ids until stopped or the server dies.
+fn load(
+    client: u64,
+    base: &str,
+    stop: &AtomicBool,
+    requests_acknowledged: &AtomicU64,
+) -> LoadOutcome {
     let agent = common::agent();
     let mut random = rand_chacha::ChaCha8Rng::seed_from_u64(client);
-    let mut acknowledged = Sent::new();
-    let mut submitted = Sent::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut outcome = LoadOutcome {
+        acknowledged: Sent::new(),
+        submitted: Sent::new(),
+        interrupted: false,
+    };
+    let deadline = Instant::now() + Duration::from_millis(LOAD_TIMEOUT_MS);
     for request in 0..REQUESTS_PER_CLIENT_MAX {
         if stop.load(Ordering::SeqCst) || Instant::now() > deadline {
             break;
         }
         let ledger: u32 = random.gen_range(1..=2);
+        let base_id = u64::from(ledger) * 1000;
         let mut batch = Vec::new();
         let mut ids = Vec::new();
         for event in 0..EVENTS_PER_REQUEST {
@@ -208,28 +245,37 @@ fn load(client: u64, base: &str, stop: &AtomicBool) -> (Sent, Sent) {
             let debit = random.gen_range(1..=ACCOUNTS_COUNT);
             let credit = 1 + debit % ACCOUNTS_COUNT;
             let amount: u128 = random.gen_range(1..=1_000_000);
-            let base_id = u64::from(ledger) * 1000;
-            batch.push(json!({"id": id.to_string(), "debit_account_id": (base_id + debit).to_string(),
-                              "credit_account_id": (base_id + credit).to_string(), "amount": amount.to_string(),
-                              "ledger": ledger, "code": 1}));
-            submitted.insert(id, (ledger, amount));
+            batch.push(json!({
+                "id": id.to_string(),
+                "debit_account_id": (base_id + debit).to_string(),
+                "credit_account_id": (base_id + credit).to_string(),
+                "amount": amount.to_string(),
+                "ledger": ledger,
+                "code": 1,
+            }));
+            outcome.submitted.insert(id, (ledger, amount));
             ids.push(id);
         }
         let response = agent
             .post(format!("{base}/v1/transfers"))
             .header("Content-Type", "application/json")
             .send(Value::Array(batch).to_string());
-        let Ok(mut response) = response else { break };
+        let Ok(mut response) = response else {
+            outcome.interrupted = true;
+            break;
+        };
         if response.status() != 200 {
             continue;
         }
         let Ok(results) = response.body_mut().read_json::<Value>() else {
+            outcome.interrupted = true;
             break;
         };
         for (id, result) in ids.iter().zip(results.as_array().expect("results")) {
             assert_eq!(result["status"], "ok", "transfer {id}");
-            acknowledged.insert(*id, submitted[id]);
+            outcome.acknowledged.insert(*id, outcome.submitted[id]);
         }
+        requests_acknowledged.fetch_add(1, Ordering::SeqCst);
     }
-    (acknowledged, submitted)
+    outcome
 }
