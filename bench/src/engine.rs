@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tally_engine::limits::BATCH_EVENTS_MAX;
-use tally_engine::{Account, CreateTransferResult, IdMap, Ledger, Transfer, TransferFlags};
+use tally_engine::{Account, CreateTransferResult, IdIndex, Ledger, Transfer, TransferFlags};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Workload {
@@ -186,27 +186,28 @@ fn run_engine(
     })
 }
 
-/// The same memory work without the ledger: two lookups in the same kind of map (u128 id →
-/// index, same hasher), two additions to 128-byte account records. The post of a two-phase
-/// workload carries no account ids, so there it looks up the pending transfer's accounts first,
-/// as the engine must.
+/// The same memory work without the ledger: two lookups in the same kind of index the engine
+/// uses (`IdIndex`: u128 id → record index, confirmed against the record), two additions to
+/// 128-byte account records. The post of a two-phase workload carries no account ids, so there it
+/// looks up the pending transfer's record and its accounts first, as the engine must.
 fn run_baseline(args: &Args, accounts: &[Account], batches: &[Vec<Transfer>]) -> Duration {
-    let mut indexes: IdMap<u128, u32> = IdMap::default();
-    indexes.reserve(accounts.len());
+    let mut indexes = IdIndex::with_capacity(accounts.len());
     let mut records: Vec<Account> = Vec::with_capacity(accounts.len());
     for (index, account) in accounts.iter().enumerate() {
-        indexes.insert(account.id, index as u32);
         records.push(*account);
+        indexes.insert(account.id, index as u32, |index| records[index as usize].id);
     }
-    let mut pending_accounts: IdMap<u128, (u128, u128)> = IdMap::default();
+    let mut pending_indexes = IdIndex::new();
+    let mut pending_records: Vec<Transfer> = Vec::new();
     if args.workload == Workload::TwoPhase {
-        pending_accounts.reserve(args.transfers);
+        pending_indexes.reserve(args.transfers);
         for transfer in batches.iter().flatten() {
             if transfer.flags & TransferFlags::PENDING != 0 {
-                pending_accounts.insert(
-                    transfer.id,
-                    (transfer.debit_account_id, transfer.credit_account_id),
-                );
+                pending_records.push(*transfer);
+                let index = pending_records.len() as u32 - 1;
+                pending_indexes.insert(transfer.id, index, |index| {
+                    pending_records[index as usize].id
+                });
             }
         }
     }
@@ -214,12 +215,19 @@ fn run_baseline(args: &Args, accounts: &[Account], batches: &[Vec<Transfer>]) ->
     for batch in batches {
         for transfer in batch {
             let (debit_id, credit_id) = if transfer.pending_id != 0 {
-                pending_accounts[&transfer.pending_id]
+                let pending = pending_indexes
+                    .get(transfer.pending_id, |index| {
+                        pending_records[index as usize].id
+                    })
+                    .expect("pending transfer");
+                let pending = &pending_records[pending as usize];
+                (pending.debit_account_id, pending.credit_account_id)
             } else {
                 (transfer.debit_account_id, transfer.credit_account_id)
             };
-            let debit = indexes[&debit_id] as usize;
-            let credit = indexes[&credit_id] as usize;
+            let id_at = |index: u32| records[index as usize].id;
+            let debit = indexes.get(debit_id, id_at).expect("debit account") as usize;
+            let credit = indexes.get(credit_id, id_at).expect("credit account") as usize;
             let amount = transfer.amount;
             records[debit].debits_posted = records[debit].debits_posted.wrapping_add(amount);
             records[credit].credits_posted = records[credit].credits_posted.wrapping_add(amount);

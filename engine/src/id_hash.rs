@@ -59,11 +59,20 @@ impl Hasher for IdHasher {
     }
 
     fn write_u128(&mut self, value: u128) {
-        let low = value as u64;
-        let high = (value >> 64) as u64;
-        let first = folded_multiply(low ^ SEED_0 ^ self.hash, SEED_1);
-        self.hash = folded_multiply(first ^ high ^ SEED_2, SEED_1.rotate_left(17));
+        self.hash = mix_u128(self.hash, value);
     }
+}
+
+fn mix_u128(state: u64, value: u128) -> u64 {
+    let low = value as u64;
+    let high = (value >> 64) as u64;
+    let first = folded_multiply(low ^ SEED_0 ^ state, SEED_1);
+    folded_multiply(first ^ high ^ SEED_2, SEED_1.rotate_left(17))
+}
+
+/// The hash of one id, as `IdHasher` computes it for a `u128` key (used by `IdIndex`).
+pub(crate) fn hash_id(id: u128) -> u64 {
+    mix_u128(0, id)
 }
 
 #[cfg(test)]
@@ -84,5 +93,6 @@ mod tests {
             build.hash_one(7u128),
             IdBuildHasher::default().hash_one(7u128)
         );
+        assert_eq!(build.hash_one(7u128), hash_id(7));
     }
 }

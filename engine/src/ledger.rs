@@ -7,6 +7,7 @@ use xxhash_rust::xxh3::Xxh3;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::id_hash::{IdMap, IdSet};
+use crate::id_index::IdIndex;
 use crate::limits::{
     ACCOUNTS_MAX, BATCH_EVENTS_MAX, EVENT_SIZE, HISTORY_ROWS_MAX, LOOKAHEAD_EVENTS,
     NANOSECONDS_PER_SECOND, TRANSFERS_MAX,
@@ -186,12 +187,12 @@ pub struct Ledger {
     /// In creation (= timestamp) order.
     pub(crate) accounts: Vec<Aligned<Account>>,
     pub(crate) account_links: Vec<AccountLinks>,
-    pub(crate) account_indexes: IdMap<u128, u32>,
+    pub(crate) account_indexes: IdIndex,
 
     /// In creation (= timestamp) order.
     pub(crate) transfers: Vec<Aligned<Transfer>>,
     pub(crate) transfer_links: Vec<TransferLinks>,
-    pub(crate) transfer_indexes: IdMap<u128, u32>,
+    pub(crate) transfer_indexes: IdIndex,
 
     /// Status of every transfer created with `pending`, by transfer index.
     pub(crate) pending_statuses: IdMap<u32, PendingStatus>,
@@ -334,10 +335,10 @@ impl Ledger {
             history_rows_max,
             accounts: Vec::new(),
             account_links: Vec::new(),
-            account_indexes: IdMap::default(),
+            account_indexes: IdIndex::new(),
             transfers: Vec::new(),
             transfer_links: Vec::new(),
-            transfer_indexes: IdMap::default(),
+            transfer_indexes: IdIndex::new(),
             pending_statuses: IdMap::default(),
             expiries: BTreeMap::new(),
             failed_ids: IdSet::default(),
@@ -349,6 +350,18 @@ impl Ledger {
             undo_recording: false,
             hints: Vec::new(),
         }
+    }
+
+    /// The index of the account with `id`.
+    pub(crate) fn account_index_of(&self, id: u128) -> Option<u32> {
+        self.account_indexes
+            .get(id, |index| self.accounts[index as usize].id)
+    }
+
+    /// The index of the transfer with `id`.
+    pub(crate) fn transfer_index_of(&self, id: u128) -> Option<u32> {
+        self.transfer_indexes
+            .get(id, |index| self.transfers[index as usize].id)
     }
 
     pub fn accounts_max(&self) -> usize {
@@ -496,8 +509,12 @@ impl Ledger {
                 .pending_statuses
                 .insert(pending_index, PendingStatus::Expired);
             assert_eq!(status, Some(PendingStatus::Pending));
-            let debit_index = self.account_indexes[&pending.debit_account_id] as usize;
-            let credit_index = self.account_indexes[&pending.credit_account_id] as usize;
+            let debit_index = self
+                .account_index_of(pending.debit_account_id)
+                .expect("account") as usize;
+            let credit_index = self
+                .account_index_of(pending.credit_account_id)
+                .expect("account") as usize;
             let debit = &mut self.accounts[debit_index];
             debit.debits_pending = debit
                 .debits_pending
@@ -542,10 +559,15 @@ impl Ledger {
             self.pop_transfer();
         }
         while self.accounts.len() > marks.accounts_count {
-            let account = self.accounts.pop().expect("account");
+            let account_index = self.accounts.len() - 1;
+            let id = self.accounts[account_index].id;
+            let accounts = &self.accounts;
+            let removed = self
+                .account_indexes
+                .remove(id, |index| accounts[index as usize].id);
+            assert_eq!(removed, Some(account_index as u32));
+            self.accounts.pop();
             self.account_links.pop();
-            let removed = self.account_indexes.remove(&account.id);
-            assert_eq!(removed, Some(self.accounts.len() as u32));
         }
         while let Some(undo) = self.undo.pop() {
             match undo {
@@ -583,13 +605,22 @@ impl Ledger {
 
     /// Removes the newest transfer and everything indexing it.
     fn pop_transfer(&mut self) {
+        let transfer_index = self.transfers.len() as u32 - 1;
+        let transfers = &self.transfers;
+        let removed = self
+            .transfer_indexes
+            .remove(transfers[transfer_index as usize].id, |index| {
+                transfers[index as usize].id
+            });
+        assert_eq!(removed, Some(transfer_index));
         let transfer = self.transfers.pop().expect("transfer");
         let links = self.transfer_links.pop().expect("transfer links");
-        let transfer_index = self.transfers.len() as u32;
-        let removed = self.transfer_indexes.remove(&transfer.id);
-        assert_eq!(removed, Some(transfer_index));
-        let debit_index = self.account_indexes[&transfer.debit_account_id] as usize;
-        let credit_index = self.account_indexes[&transfer.credit_account_id] as usize;
+        let debit_index = self
+            .account_index_of(transfer.debit_account_id)
+            .expect("account") as usize;
+        let credit_index = self
+            .account_index_of(transfer.credit_account_id)
+            .expect("account") as usize;
         assert_eq!(
             self.account_links[debit_index].transfers_head,
             transfer_index
@@ -697,7 +728,7 @@ impl Ledger {
         if let Err(result) = Self::validate_account(event) {
             return Outcome::failed(result);
         }
-        if let Some(&index) = self.account_indexes.get(&event.id) {
+        if let Some(index) = self.account_index_of(event.id) {
             let existing = &self.accounts[index as usize];
             return Outcome {
                 result: Self::account_exists(event, existing),
@@ -716,8 +747,9 @@ impl Ledger {
             transfers_head: NONE,
             history_head: NONE,
         });
-        let previous = self.account_indexes.insert(event.id, account_index);
-        assert!(previous.is_none());
+        let accounts = &self.accounts;
+        self.account_indexes
+            .insert(event.id, account_index, |index| accounts[index as usize].id);
         Outcome {
             result: R::Ok,
             timestamp,
@@ -859,14 +891,14 @@ impl Ledger {
         stable_transfers_count: usize,
         hints: &mut Vec<Hint>,
     ) {
-        let transfer_of = |id: &u128| match self.transfer_indexes.get(id) {
-            Some(&index) if (index as usize) < stable_transfers_count => index,
+        let transfer_of = |id: &u128| match self.transfer_index_of(*id) {
+            Some(index) if (index as usize) < stable_transfers_count => index,
             _ => NONE,
         };
         // Reading the account record (both of its cache lines) and list heads here, for every
         // event at once, is what lets their cache misses overlap; the asserts are real invariants.
-        let index_of = |id: &u128| match self.account_indexes.get(id) {
-            Some(&index) => {
+        let index_of = |id: &u128| match self.account_index_of(*id) {
+            Some(index) => {
                 let account = &self.accounts[index as usize];
                 assert!(account.id == *id && account.ledger != 0);
                 std::hint::black_box(self.account_links[index as usize]);
@@ -875,6 +907,7 @@ impl Ledger {
             None => NONE,
         };
         let resolving = TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER;
+        self.touch_ahead(events);
         hints.clear();
         hints.extend(events.iter().map(|event| {
             let existing = transfer_of(&event.id);
@@ -903,6 +936,53 @@ impl Ledger {
         }));
     }
 
+    /// Brings into cache what `resolve_hints` is about to read for `events`, in stages of
+    /// independent loads: the home slots of every id, then the pending transfers found there,
+    /// then the accounts' slots and records. Each stage is a short loop whose loads do not depend
+    /// on each other, so the processor keeps many cache misses in flight at once, where the
+    /// lookups themselves (probe loop, then the record to confirm) would wait on one miss after
+    /// another. Only candidates are touched; `resolve_hints` finds the real answers.
+    fn touch_ahead(&self, events: &[Transfer]) {
+        assert!(events.len() <= LOOKAHEAD_EVENTS);
+        let resolving = TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER;
+        let mut touched: u64 = 0;
+        let mut pendings = [NONE; LOOKAHEAD_EVENTS];
+        let mut pendings_count = 0;
+        for event in events {
+            touched ^= self.transfer_indexes.home_candidate(event.id) as u64;
+            if event.flags & resolving != 0 {
+                pendings[pendings_count] = self.transfer_indexes.home_candidate(event.pending_id);
+                pendings_count += 1;
+            }
+        }
+        let mut account_ids = [0u128; 2 * LOOKAHEAD_EVENTS];
+        let mut account_ids_count = 0;
+        for event in events.iter().filter(|event| event.flags & resolving == 0) {
+            account_ids[account_ids_count] = event.debit_account_id;
+            account_ids[account_ids_count + 1] = event.credit_account_id;
+            account_ids_count += 2;
+        }
+        for pending in &pendings[..pendings_count] {
+            if let Some(pending) = self.transfers.get(*pending as usize) {
+                account_ids[account_ids_count] = pending.debit_account_id;
+                account_ids[account_ids_count + 1] = pending.credit_account_id;
+                account_ids_count += 2;
+            }
+        }
+        let mut candidates = [NONE; 2 * LOOKAHEAD_EVENTS];
+        for (id, candidate) in account_ids[..account_ids_count].iter().zip(&mut candidates) {
+            *candidate = self.account_indexes.home_candidate(*id);
+        }
+        for candidate in &candidates[..account_ids_count] {
+            if let Some(account) = self.accounts.get(*candidate as usize) {
+                // Both cache lines of the record, and the list heads.
+                touched ^= account.id as u64 ^ account.timestamp;
+                touched ^= self.account_links[*candidate as usize].transfers_head as u64;
+            }
+        }
+        std::hint::black_box(touched);
+    }
+
     fn create_transfer(
         &mut self,
         event: &Transfer,
@@ -923,7 +1003,7 @@ impl Ledger {
             return Outcome::failed(R::IdMustNotBeIntMax);
         }
         let existing = match hint.existing {
-            NONE => self.transfer_indexes.get(&event.id).copied(),
+            NONE => self.transfer_index_of(event.id),
             index => Some(index),
         };
         if let Some(index) = existing {
@@ -1180,9 +1260,8 @@ impl Ledger {
             return Err(R::TransfersCapacityExceeded);
         }
         let pending_index = match hint.pending {
-            NONE => *self
-                .transfer_indexes
-                .get(&event.pending_id)
+            NONE => self
+                .transfer_index_of(event.pending_id)
                 .ok_or(R::PendingTransferNotFound)?,
             index => index,
         };
@@ -1190,8 +1269,10 @@ impl Ledger {
         let amount = self.check_post_or_void(event, &pending, pending_index, timestamp)?;
         let (debit_index, credit_index) = if hint.pending == NONE {
             (
-                self.account_indexes[&pending.debit_account_id] as usize,
-                self.account_indexes[&pending.credit_account_id] as usize,
+                self.account_index_of(pending.debit_account_id)
+                    .expect("account") as usize,
+                self.account_index_of(pending.credit_account_id)
+                    .expect("account") as usize,
             )
         } else {
             (hint.debit as usize, hint.credit as usize)
@@ -1344,8 +1425,11 @@ impl Ledger {
         });
         self.account_links[debit_index].transfers_head = transfer_index;
         self.account_links[credit_index].transfers_head = transfer_index;
-        let previous = self.transfer_indexes.insert(transfer.id, transfer_index);
-        assert!(previous.is_none());
+        let transfers = &self.transfers;
+        self.transfer_indexes
+            .insert(transfer.id, transfer_index, |index| {
+                transfers[index as usize].id
+            });
         transfer_index
     }
 
@@ -1390,8 +1474,10 @@ impl Ledger {
             }
         };
         let amount_differs = if post {
-            let pending_amount =
-                self.transfers[self.transfer_indexes[&existing.pending_id] as usize].amount;
+            let pending_amount = self.transfers[self
+                .transfer_index_of(existing.pending_id)
+                .expect("transfer") as usize]
+                .amount;
             match event.amount {
                 u128::MAX => existing.amount != pending_amount,
                 amount => amount != existing.amount,

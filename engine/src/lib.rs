@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod id_hash;
+mod id_index;
 mod ledger;
 pub mod limits;
 mod query;
@@ -19,6 +20,7 @@ mod state;
 mod types;
 
 pub use id_hash::{IdBuildHasher, IdHasher, IdMap, IdSet};
+pub use id_index::IdIndex;
 pub use ledger::{BatchError, Ledger};
 pub use results::{CreateAccountResult, CreateTransferResult};
 pub use snapshot::SnapshotError;

@@ -21,8 +21,8 @@ impl Ledger {
     pub fn lookup_accounts(&self, ids: &[u128]) -> Vec<Account> {
         ids.iter()
             .take(LOOKUP_IDS_MAX)
-            .filter_map(|id| self.account_indexes.get(id))
-            .map(|&index| *self.accounts[index as usize])
+            .filter_map(|id| self.account_index_of(*id))
+            .map(|index| *self.accounts[index as usize])
             .collect()
     }
 
@@ -31,8 +31,8 @@ impl Ledger {
     pub fn lookup_transfers(&self, ids: &[u128]) -> Vec<Transfer> {
         ids.iter()
             .take(LOOKUP_IDS_MAX)
-            .filter_map(|id| self.transfer_indexes.get(id))
-            .map(|&index| *self.transfers[index as usize])
+            .filter_map(|id| self.transfer_index_of(*id))
+            .map(|index| *self.transfers[index as usize])
             .collect()
     }
 
@@ -118,7 +118,7 @@ impl Ledger {
         if filter.flags & !AccountFilter::FLAGS_ALL != 0 {
             return None;
         }
-        let account_index = *self.account_indexes.get(&filter.account_id)? as usize;
+        let account_index = self.account_index_of(filter.account_id)? as usize;
         let timestamp_max = match filter.timestamp_max {
             0 => u64::MAX,
             timestamp => timestamp,

@@ -22,7 +22,8 @@
 
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::id_hash::{IdMap, IdSet};
+use crate::id_hash::IdSet;
+use crate::id_index::IdIndex;
 use crate::ledger::{
     expires_at, AccountLinks, Aligned, HistoryRow, Ledger, PendingStatus, TransferLinks, NONE,
 };
@@ -246,16 +247,15 @@ impl Ledger {
             };
             count
         ];
-        self.account_indexes = IdMap::default();
-        self.account_indexes.reserve(count);
-        for (index, account) in self.accounts.iter().enumerate() {
-            if self
-                .account_indexes
-                .insert(account.id, index as u32)
-                .is_some()
-            {
+        self.account_indexes = IdIndex::with_capacity(count);
+        for index in 0..count {
+            let id = self.accounts[index].id;
+            if self.account_index_of(id).is_some() {
                 return Err(SnapshotError::Invalid("duplicate account id"));
             }
+            let accounts = &self.accounts;
+            self.account_indexes
+                .insert(id, index as u32, |index| accounts[index as usize].id);
         }
         Ok(())
     }
@@ -273,16 +273,17 @@ impl Ledger {
         self.transfer_indexes.reserve(count);
         for index in 0..count {
             let transfer = self.transfers[index];
-            if self
-                .transfer_indexes
-                .insert(transfer.id, index as u32)
-                .is_some()
-            {
+            if self.transfer_index_of(transfer.id).is_some() {
                 return Err(SnapshotError::Invalid("duplicate transfer id"));
             }
-            let debit = self.account_indexes.get(&transfer.debit_account_id);
-            let credit = self.account_indexes.get(&transfer.credit_account_id);
-            let (Some(&debit), Some(&credit)) = (debit, credit) else {
+            let transfers = &self.transfers;
+            self.transfer_indexes
+                .insert(transfer.id, index as u32, |index| {
+                    transfers[index as usize].id
+                });
+            let debit = self.account_index_of(transfer.debit_account_id);
+            let credit = self.account_index_of(transfer.credit_account_id);
+            let (Some(debit), Some(credit)) = (debit, credit) else {
                 return Err(SnapshotError::Invalid("transfer of an unknown account"));
             };
             if debit == credit {
@@ -336,7 +337,7 @@ impl Ledger {
         self.failed_ids.reserve(count);
         for _ in 0..count {
             let id = reader.u128()?;
-            if !self.failed_ids.insert(id) || self.transfer_indexes.contains_key(&id) {
+            if !self.failed_ids.insert(id) || self.transfer_index_of(id).is_some() {
                 return Err(SnapshotError::Invalid("duplicate failed id"));
             }
         }
@@ -387,7 +388,7 @@ impl Ledger {
         let resolving = TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER;
         for transfer in &self.transfers {
             if transfer.flags & resolving != 0
-                && !self.transfer_indexes.contains_key(&transfer.pending_id)
+                && self.transfer_index_of(transfer.pending_id).is_none()
             {
                 return Err(SnapshotError::Invalid(
                     "post or void of an unknown pending transfer",

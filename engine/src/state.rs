@@ -15,16 +15,6 @@ const SEED_TRANSFER: u64 = 2;
 const SEED_FAILED_ID: u64 = 3;
 const SEED_HISTORY_ROW: u64 = 4;
 
-/// Approximate bytes of a std (hashbrown) map able to hold `capacity` entries of `entry_size`:
-/// buckets are a power of two at most 7/8 full, each with its entry and one control byte.
-fn map_bytes(capacity: usize, entry_size: usize) -> usize {
-    if capacity == 0 {
-        return 0;
-    }
-    let buckets = (capacity * 8).div_ceil(7).next_power_of_two();
-    buckets * (entry_size + 1) + 16
-}
-
 impl Ledger {
     /// A hash over the whole state: every account, transfer (with its pending status), burned id
     /// and history row. The wrapping sum of per-record hashes, so it is independent of the order
@@ -79,20 +69,14 @@ impl Ledger {
     pub fn accounts_memory_bytes(&self) -> usize {
         self.accounts.capacity() * core::mem::size_of::<Account>()
             + self.account_links.capacity() * core::mem::size_of::<crate::ledger::AccountLinks>()
-            + map_bytes(
-                self.account_indexes.capacity(),
-                core::mem::size_of::<(u128, u32)>(),
-            )
+            + self.account_indexes.memory_bytes()
     }
 
     /// Bytes of memory the transfer side holds, by capacity (records, links, id index).
     pub fn transfers_memory_bytes(&self) -> usize {
         self.transfers.capacity() * core::mem::size_of::<crate::types::Transfer>()
             + self.transfer_links.capacity() * core::mem::size_of::<crate::ledger::TransferLinks>()
-            + map_bytes(
-                self.transfer_indexes.capacity(),
-                core::mem::size_of::<(u128, u32)>(),
-            )
+            + self.transfer_indexes.memory_bytes()
     }
 
     /// Checks every invariant over the whole state; panics on the first broken one. O(state):
@@ -127,15 +111,12 @@ impl Ledger {
         assert_eq!(self.account_indexes.len(), self.accounts.len());
         assert_eq!(self.account_links.len(), self.accounts.len());
         for (index, account) in self.accounts.iter().enumerate() {
-            assert_eq!(self.account_indexes.get(&account.id), Some(&(index as u32)));
+            assert_eq!(self.account_index_of(account.id), Some(index as u32));
         }
         assert_eq!(self.transfer_indexes.len(), self.transfers.len());
         assert_eq!(self.transfer_links.len(), self.transfers.len());
         for (index, transfer) in self.transfers.iter().enumerate() {
-            assert_eq!(
-                self.transfer_indexes.get(&transfer.id),
-                Some(&(index as u32))
-            );
+            assert_eq!(self.transfer_index_of(transfer.id), Some(index as u32));
             assert!(!self.failed_ids.contains(&transfer.id));
             if index > 0 {
                 assert!(self.transfers[index - 1].timestamp < transfer.timestamp);
@@ -149,8 +130,12 @@ impl Ledger {
     fn check_balances(&self) {
         let mut expected: Vec<[u128; 4]> = vec![[0; 4]; self.accounts.len()];
         for (index, transfer) in self.transfers.iter().enumerate() {
-            let debit = self.account_indexes[&transfer.debit_account_id] as usize;
-            let credit = self.account_indexes[&transfer.credit_account_id] as usize;
+            let debit = self
+                .account_index_of(transfer.debit_account_id)
+                .expect("account") as usize;
+            let credit = self
+                .account_index_of(transfer.credit_account_id)
+                .expect("account") as usize;
             let status = self.pending_statuses.get(&(index as u32)).copied();
             if transfer.has_flag(TransferFlags::PENDING) {
                 if status == Some(PendingStatus::Pending) {
@@ -189,7 +174,9 @@ impl Ledger {
             if transfer.flags & resolving == 0 {
                 continue;
             }
-            let pending_index = self.transfer_indexes[&transfer.pending_id];
+            let pending_index = self
+                .transfer_index_of(transfer.pending_id)
+                .expect("transfer");
             let entry = resolutions
                 .entry(pending_index)
                 .or_insert((0, transfer.flags));
