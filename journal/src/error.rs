@@ -59,6 +59,9 @@ pub enum Error {
     /// Misuse: a record (vote/metadata or snapshot meta) is too large.
     #[error("record of {size} bytes exceeds the maximum of {max} bytes")]
     RecordTooLarge { size: usize, max: usize },
+    /// Misuse: a write on a store opened read-only (an audit must not change the node's data).
+    #[error("the store was opened read-only; refusing to write")]
+    ReadOnly,
     /// Misuse: invalid options.
     #[error("invalid options: {0}")]
     InvalidOptions(&'static str),

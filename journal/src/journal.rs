@@ -171,7 +171,10 @@ pub struct Journal {
     segment_size: u64,
     segments: Vec<Segment>,
     purged: Option<EntryId>,
-    purge_record: AtomicRecord,
+    /// `None` only when opened read-only without a purge record file.
+    purge_record: Option<AtomicRecord>,
+    /// Opened with [`Journal::open_read_only`]: every write is refused.
+    read_only: bool,
     /// Last entry, or the purged id when the log is empty.
     last: Option<EntryId>,
     durable: Option<u64>,
@@ -436,7 +439,35 @@ impl Journal {
             .create_dir_all(dir)
             .map_err(|error| Error::io("create directory", dir, error))?;
         let purge_record = AtomicRecord::open(&*storage, dir, PURGE_FILE_NAME)?;
-        let purged = match purge_record.value() {
+        Journal::open_with(storage, dir, options, Some(purge_record), false)
+    }
+
+    /// Opens an existing journal for reading only — for audits, which must never change
+    /// a node's data directory. It validates exactly like [`Journal::open`] (mid-log
+    /// damage is an [`Error::Corruption`]), but writes nothing: a torn tail is reported
+    /// in [`RecoveryReport::torn_tail`] and left on disk (the entries before it are
+    /// readable), an empty last segment and fully purged segments are skipped but not
+    /// removed, nothing is synced, and a missing directory is an error. Every write
+    /// through the returned journal fails with [`Error::ReadOnly`].
+    pub fn open_read_only(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+    ) -> Result<(Journal, RecoveryReport)> {
+        storage
+            .list(dir)
+            .map_err(|error| Error::io("list", dir, error))?;
+        let purge_record = AtomicRecord::open_read_only(&*storage, dir, PURGE_FILE_NAME)?;
+        Journal::open_with(storage, dir, JournalOptions::default(), purge_record, true)
+    }
+
+    fn open_with(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        options: JournalOptions,
+        purge_record: Option<AtomicRecord>,
+        read_only: bool,
+    ) -> Result<(Journal, RecoveryReport)> {
+        let purged = match purge_record.as_ref().and_then(AtomicRecord::value) {
             None => None,
             Some(bytes) if bytes.len() == PURGE_RECORD_SIZE => Some(EntryId::new(
                 u64_at(bytes, 0),
@@ -459,6 +490,7 @@ impl Journal {
             segments: Vec::new(),
             purged,
             purge_record,
+            read_only,
             last: None,
             durable: None,
             generation: 0,
@@ -489,8 +521,12 @@ impl Journal {
             Some(segment) => Some(journal.read_entry(segment.last_index())?.id),
             None => journal.purged,
         };
-        // What was recovered may sit only in the page cache (process crash): sync it.
-        journal.sync()?;
+        if read_only {
+            journal.durable = journal.last.map(|id| id.index);
+        } else {
+            // What was recovered may sit only in the page cache (process crash): sync it.
+            journal.sync()?;
+        }
         report.segment_count = journal.segments.len();
         report.first_index = journal.first_index();
         report.last_index = journal.last_index();
@@ -522,10 +558,12 @@ impl Journal {
                     ));
                 }
             }
-            let file = self
-                .storage
-                .open(&path)
-                .map_err(|error| Error::io("open", &path, error))?;
+            let file = if self.read_only {
+                self.storage.open_read_only(&path)
+            } else {
+                self.storage.open(&path)
+            }
+            .map_err(|error| Error::io("open", &path, error))?;
             let scanned = scan_segment(&*file, &path, first_index, previous)?;
             let expected = first_index + scanned.offsets.len() as u64;
             let (stop_offset, stop_reason) = match scanned.stop {
@@ -566,13 +604,20 @@ impl Journal {
                     ));
                 }
                 if let Some(reason) = stop_reason {
-                    tracing::warn!(segment = %path.display(), offset = stop_offset, index = expected, reason, "journal recovery: cutting a torn tail");
+                    if self.read_only {
+                        tracing::warn!(segment = %path.display(), offset = stop_offset, index = expected, reason, "journal opened read-only: a torn tail is left in place");
+                    } else {
+                        tracing::warn!(segment = %path.display(), offset = stop_offset, index = expected, reason, "journal recovery: cutting a torn tail");
+                    }
                     report.torn_tail = Some(TornTail {
                         segment: path.clone(),
                         offset: stop_offset,
                         index: expected,
                         reason,
                     });
+                }
+                if scanned.offsets.is_empty() && self.read_only {
+                    continue;
                 }
                 if scanned.offsets.is_empty() {
                     tracing::warn!(segment = %path.display(), "journal recovery: removing a last segment without entries");
@@ -588,7 +633,7 @@ impl Journal {
                 let length = file
                     .len()
                     .map_err(|error| Error::io("stat", &path, error))?;
-                if stop_reason.is_some() || length != scanned.size {
+                if !self.read_only && (stop_reason.is_some() || length != scanned.size) {
                     // Zero everything after the last whole entry, so the next append starts clean.
                     file.set_len(scanned.end_offset)
                         .map_err(|error| Error::io("set_len", &path, error))?;
@@ -647,6 +692,9 @@ impl Journal {
     }
 
     fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
         if self.is_poisoned() {
             return Err(Error::Poisoned);
         }
@@ -984,7 +1032,11 @@ impl Journal {
                 return Err(Error::PurgeMismatch { given: id, stored });
             }
         }
-        if let Err(error) = self.purge_record.store(&encode_purge_record(id)) {
+        let purge_record = self
+            .purge_record
+            .as_mut()
+            .expect("a writable journal has a purge record");
+        if let Err(error) = purge_record.store(&encode_purge_record(id)) {
             self.poisoned.store(true, Ordering::Release);
             return Err(error);
         }
@@ -1008,6 +1060,10 @@ impl Journal {
         while let Some(segment) = self.segments.first() {
             if segment.last_index() > purged.index {
                 break;
+            }
+            if self.read_only {
+                self.segments.remove(0);
+                continue;
             }
             if let Err(error) = self.storage.remove(&segment.path) {
                 return Err(self.poison("remove", &segment.path.clone(), error));

@@ -129,6 +129,32 @@ impl AtomicRecord {
         Ok(record)
     }
 
+    /// Opens an existing record file without writing anything; `Ok(None)` when the
+    /// file does not exist. Damage is reported exactly as by [`AtomicRecord::open`].
+    pub fn open_read_only(
+        storage: &dyn Storage,
+        dir: &Path,
+        name: &str,
+    ) -> Result<Option<AtomicRecord>> {
+        let path = dir.join(name);
+        let file = match storage.open_read_only(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(Error::io("open", &path, error)),
+        };
+        let mut record = AtomicRecord {
+            path,
+            file,
+            sequence: 0,
+            slot_current: None,
+            value: None,
+            // Never stored through: a read-only handle.
+            poisoned: true,
+        };
+        record.read_slots()?;
+        Ok(Some(record))
+    }
+
     /// Creates the file atomically (temp file, fsync, rename, fsync directory) holding
     /// a valid "no value" record in slot 1, so that afterwards a file without any
     /// valid slot can only be damage, never a torn first write.

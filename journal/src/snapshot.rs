@@ -51,6 +51,7 @@ pub struct Snapshot {
 pub struct SnapshotStore {
     storage: Arc<dyn Storage>,
     dir: PathBuf,
+    read_only: bool,
 }
 
 impl SnapshotStore {
@@ -62,6 +63,7 @@ impl SnapshotStore {
         let store = SnapshotStore {
             storage,
             dir: dir.to_owned(),
+            read_only: false,
         };
         let temp = store.dir.join(SNAPSHOT_TEMP_FILE_NAME);
         match store.storage.remove(&temp) {
@@ -72,8 +74,22 @@ impl SnapshotStore {
         Ok(store)
     }
 
+    /// Opens the store in `dir` for reading only: creates nothing, removes nothing (a
+    /// stale temporary file is left in place). Saving through it fails with
+    /// [`Error::ReadOnly`].
+    pub fn open_read_only(storage: Arc<dyn Storage>, dir: &Path) -> SnapshotStore {
+        SnapshotStore {
+            storage,
+            dir: dir.to_owned(),
+            read_only: true,
+        }
+    }
+
     /// Saves a snapshot durably and atomically; on return it is the latest.
     pub fn save(&mut self, last_log_id: Option<EntryId>, meta: &[u8], data: &[u8]) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
         let meta_len = u32::try_from(meta.len()).map_err(|_| Error::RecordTooLarge {
             size: meta.len(),
             max: u32::MAX as usize,
@@ -125,7 +141,7 @@ impl SnapshotStore {
     /// The latest saved snapshot, checksum-verified; `None` if there is none.
     pub fn load_latest(&self) -> Result<Option<Snapshot>> {
         let path = self.dir.join(SNAPSHOT_FILE_NAME);
-        let file = match self.storage.open(&path) {
+        let file = match self.storage.open_read_only(&path) {
             Ok(file) => file,
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(error) => return Err(Error::io("open", path, error)),

@@ -16,6 +16,12 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn create(&self, path: &Path) -> io::Result<Arc<dyn StorageFile>>;
     /// Opens an existing file for reading and writing; `NotFound` when absent.
     fn open(&self, path: &Path) -> io::Result<Arc<dyn StorageFile>>;
+    /// Opens an existing file for reading only; `NotFound` when absent. Writes through
+    /// the handle fail where the storage can enforce it (the real file system does).
+    /// The default opens read-write, for storages without that distinction.
+    fn open_read_only(&self, path: &Path) -> io::Result<Arc<dyn StorageFile>> {
+        self.open(path)
+    }
     fn remove(&self, path: &Path) -> io::Result<()>;
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Names (not paths) of the files in `dir`.
@@ -82,6 +88,11 @@ impl Storage for FsStorage {
 
     fn open(&self, path: &Path) -> io::Result<Arc<dyn StorageFile>> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
+        Ok(Arc::new(FsFile(file)))
+    }
+
+    fn open_read_only(&self, path: &Path) -> io::Result<Arc<dyn StorageFile>> {
+        let file = OpenOptions::new().read(true).open(path)?;
         Ok(Arc::new(FsFile(file)))
     }
 

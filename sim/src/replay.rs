@@ -1,0 +1,1029 @@
+//! Audit replay: re-apply a node's input log on a fresh engine and prove that the
+//! node's recorded evidence (checkpoint entries, the snapshot) matches.
+//!
+//! The data directory is opened **read-only** (`Journal::open_read_only`,
+//! `SnapshotStore::open_read_only`): an audit never changes what it audits, not even
+//! a torn tail (it is reported instead). Batches go through
+//! `tally_raft::apply::apply_batch`, the very function the node's business-logic
+//! thread uses, so timestamps and rejections are computed the same way.
+//!
+//! Two passes over the log, each in bounded chunks ([`READ_CHUNK_ENTRIES`]):
+//! 1. collect the checkpoint entries (small) — which indexes need the replayed
+//!    digest and hash chain captured (`digest()` walks the whole state, so it is
+//!    taken only where some evidence will be compared with it);
+//! 2. apply every entry from genesis (or from the snapshot just before the first
+//!    entry of a purged log), capture, and compare at each checkpoint entry.
+//!
+//! Results can be exported (one line per event) and compared with another build's
+//! export (`against`): the first event whose result differs is named.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io;
+use std::io::BufRead;
+use std::io::BufReader;
+use std::io::BufWriter;
+use std::io::IsTerminal;
+use std::io::Write as _;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use serde::Serialize;
+use tally_engine::CreateAccountResult;
+use tally_engine::CreateTransferResult;
+use tally_engine::Ledger;
+use tally_journal::Entry;
+use tally_journal::EntryKind;
+use tally_journal::FsStorage;
+use tally_journal::Journal;
+use tally_journal::SnapshotStore;
+use tally_journal::Storage;
+use tally_raft::checkpoint::Checkpoint;
+use tally_raft::checkpoint::OPERATION_CHECKPOINT;
+use tally_raft::types::Batch;
+
+/// Entries read from the journal at a time: at most this many full batches
+/// (≈ 1 MiB each) are in memory, whatever the log's length.
+pub const READ_CHUNK_ENTRIES: u64 = 16;
+
+/// Size of one `EventResult` record as the engine returns it.
+const EVENT_RESULT_SIZE: usize = 16;
+const EVENT_SIZE: usize = tally_engine::limits::EVENT_SIZE;
+const OPERATION_CREATE_ACCOUNTS: u8 = 1;
+const OPERATION_CREATE_TRANSFERS: u8 = 2;
+
+/// What to replay and what to do with the results.
+#[derive(Clone, Debug, Default)]
+pub struct ReplayOptions {
+    /// The node's data directory (holding `log/` and `snapshots/`).
+    pub data_dir: PathBuf,
+    /// Write one line per event here: `log_index event_index id status timestamp`.
+    pub export: Option<PathBuf>,
+    /// Compare the results with this earlier export; name the first difference.
+    pub against: Option<PathBuf>,
+    /// Show a progress bar on stderr (callers pass "stderr is a terminal").
+    pub progress: bool,
+}
+
+/// Where the replay's state came from before the first applied entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartPoint {
+    /// A fresh engine: every entry of the log was applied. A full audit.
+    Genesis,
+    /// The log was purged: the snapshot covering entries through `index` was
+    /// restored and only later entries were re-applied. Not a full audit.
+    Snapshot { index: u64 },
+}
+
+impl fmt::Display for StartPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartPoint::Genesis => write!(f, "genesis"),
+            StartPoint::Snapshot { index } => write!(f, "snapshot at index {index}"),
+        }
+    }
+}
+
+/// Evidence that did not match the replay: the state diverged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Divergence {
+    /// The checkpoint entry at `entry_index` recorded the node's digest and hash
+    /// chain right after index `index`; the replay computed others. The state
+    /// diverged somewhere in (`verified_through`, `index`].
+    Checkpoint {
+        entry_index: u64,
+        index: u64,
+        verified_through: Option<u64>,
+        #[serde(serialize_with = "hex128")]
+        recorded_digest: u128,
+        #[serde(serialize_with = "hex128")]
+        replayed_digest: u128,
+        #[serde(serialize_with = "hex128")]
+        recorded_hash_chain: u128,
+        #[serde(serialize_with = "hex128")]
+        replayed_hash_chain: u128,
+    },
+    /// The snapshot covering entries through `index` holds another state than the
+    /// replay reached at `index`.
+    Snapshot {
+        index: u64,
+        verified_through: Option<u64>,
+        #[serde(serialize_with = "hex128")]
+        recorded_digest: u128,
+        #[serde(serialize_with = "hex128")]
+        replayed_digest: u128,
+        #[serde(serialize_with = "hex128")]
+        recorded_hash_chain: u128,
+        #[serde(serialize_with = "hex128")]
+        replayed_hash_chain: u128,
+    },
+    /// A checkpoint entry that is not one well-formed record for an earlier index.
+    MalformedCheckpoint { entry_index: u64 },
+}
+
+impl Divergence {
+    /// The first log index known to hold a diverged state.
+    pub fn index(&self) -> u64 {
+        match self {
+            Divergence::Checkpoint { index, .. } | Divergence::Snapshot { index, .. } => *index,
+            Divergence::MalformedCheckpoint { entry_index } => *entry_index,
+        }
+    }
+}
+
+impl fmt::Display for Divergence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Divergence::Checkpoint {
+                entry_index,
+                index,
+                verified_through,
+                recorded_digest,
+                replayed_digest,
+                recorded_hash_chain,
+                replayed_hash_chain,
+            } => write!(
+                f,
+                "checkpoint entry {entry_index} (state after index {index}) does not match the replay: \
+                 digest recorded {recorded_digest:032x} replayed {replayed_digest:032x}, \
+                 hash chain recorded {recorded_hash_chain:032x} replayed {replayed_hash_chain:032x}; \
+                 the state diverged somewhere in ({}, {index}]",
+                bound(*verified_through)
+            ),
+            Divergence::Snapshot {
+                index,
+                verified_through,
+                recorded_digest,
+                replayed_digest,
+                recorded_hash_chain,
+                replayed_hash_chain,
+            } => write!(
+                f,
+                "the snapshot at index {index} does not match the replay: \
+                 digest recorded {recorded_digest:032x} replayed {replayed_digest:032x}, \
+                 hash chain recorded {recorded_hash_chain:032x} replayed {replayed_hash_chain:032x}; \
+                 the state diverged somewhere in ({}, {index}]",
+                bound(*verified_through)
+            ),
+            Divergence::MalformedCheckpoint { entry_index } => write!(
+                f,
+                "checkpoint entry {entry_index} is malformed (not one record for an earlier index)"
+            ),
+        }
+    }
+}
+
+fn bound(index: Option<u64>) -> String {
+    index.map_or_else(|| "genesis".to_owned(), |index| index.to_string())
+}
+
+/// The first event whose result differs from the `against` export.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ResultDifference {
+    /// Line number in both files (1-based).
+    pub line: u64,
+    pub log_index: u64,
+    pub event_index: u32,
+    pub id: String,
+    /// This replay's status (`None`: this replay has no such event).
+    pub status: Option<String>,
+    /// The other export's status (`None`: the other export ended before this event).
+    pub status_other: Option<String>,
+    /// Both lines as written.
+    pub line_replayed: Option<String>,
+    pub line_other: Option<String>,
+}
+
+impl fmt::Display for ResultDifference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "first differing result at line {}: log index {} event {} id {}: this replay {} vs other {}",
+            self.line,
+            self.log_index,
+            self.event_index,
+            self.id,
+            self.status.as_deref().unwrap_or("<no such event>"),
+            self.status_other.as_deref().unwrap_or("<no such event>"),
+        )
+    }
+}
+
+/// A torn tail left in place by the read-only open (entries from `index` on were
+/// not replayed; the node cuts them on its next start).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TornTail {
+    pub index: u64,
+    pub reason: String,
+}
+
+/// What a replay did and found.
+#[derive(Clone, Debug)]
+pub struct ReplaySummary {
+    pub data_dir: PathBuf,
+    pub started_from: StartPoint,
+    /// First and last log index applied (`None`: nothing was applied).
+    pub first_index: Option<u64>,
+    pub last_index: Option<u64>,
+    pub entries: u64,
+    /// Batches of engine operations applied (checkpoint entries not included).
+    pub batches: u64,
+    /// Of those, batches the engine refused whole (deterministically).
+    pub batches_rejected: u64,
+    pub events: u64,
+    pub checkpoints_verified: u64,
+    /// Checkpoints for indexes before the replay's start (purged log): not checkable.
+    pub checkpoints_unverifiable: u64,
+    /// The snapshot's index, when its state was compared with the replay and matched.
+    pub snapshot_verified: Option<u64>,
+    pub torn_tail: Option<TornTail>,
+    pub final_digest: u128,
+    pub final_hash_chain: u128,
+    pub elapsed: Duration,
+    /// The first evidence that did not match; the replay stopped there.
+    pub divergence: Option<Divergence>,
+    /// The first result that differs from the `against` export.
+    pub result_difference: Option<ResultDifference>,
+    /// Lines written to the export file.
+    pub events_exported: u64,
+}
+
+impl ReplaySummary {
+    /// Everything matched: no divergence and no differing result.
+    pub fn ok(&self) -> bool {
+        self.divergence.is_none() && self.result_difference.is_none()
+    }
+
+    pub fn events_per_second(&self) -> f64 {
+        let seconds = self.elapsed.as_secs_f64();
+        if seconds > 0.0 {
+            self.events as f64 / seconds
+        } else {
+            0.0
+        }
+    }
+
+    /// The one-line JSON form (printed last by the CLI).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "ok": self.ok(),
+            "data_dir": self.data_dir.display().to_string(),
+            "started_from": self.started_from.to_string(),
+            "first_index": self.first_index,
+            "last_index": self.last_index,
+            "entries": self.entries,
+            "batches": self.batches,
+            "batches_rejected": self.batches_rejected,
+            "events": self.events,
+            "checkpoints_verified": self.checkpoints_verified,
+            "checkpoints_unverifiable": self.checkpoints_unverifiable,
+            "snapshot_verified": self.snapshot_verified,
+            "torn_tail": self.torn_tail,
+            "final_digest": format!("{:032x}", self.final_digest),
+            "hash_chain": format!("{:032x}", self.final_hash_chain),
+            "elapsed_ms": self.elapsed.as_secs_f64() * 1e3,
+            "events_per_second": self.events_per_second().round(),
+            "divergence": self.divergence,
+            "result_difference": self.result_difference,
+            "events_exported": self.events_exported,
+        })
+    }
+}
+
+/// Why a replay could not be carried out (as opposed to a replay that ran and found
+/// a divergence, which is a [`ReplaySummary`] with `ok() == false`).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("{path} is not a node data directory: {reason}")]
+    NotADataDirectory { path: PathBuf, reason: String },
+    /// Bytes of the log fail their checksum or structure: the log itself is damaged.
+    #[error("JOURNAL CORRUPTION at entry index {}: {source}", bound_index(*.index))]
+    Corruption {
+        index: Option<u64>,
+        #[source]
+        source: tally_journal::Error,
+    },
+    #[error("journal: {0}")]
+    Journal(#[source] tally_journal::Error),
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+    #[error(
+        "the log starts at index {first_index} (entries before it were purged) and {reason}; \
+         a full audit needs a log that was never purged"
+    )]
+    CannotStart { first_index: u64, reason: String },
+    #[error("log entry {index} has an entry kind this build does not know")]
+    UnknownEntryKind { index: u64 },
+    #[error("export file {path}: {source}")]
+    Export {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("results file {path}: {reason}")]
+    Against { path: PathBuf, reason: String },
+}
+
+fn bound_index(index: Option<u64>) -> String {
+    index.map_or_else(|| "unknown".to_owned(), |index| index.to_string())
+}
+
+impl ReplayError {
+    /// The log index the error is about, if any.
+    pub fn index(&self) -> Option<u64> {
+        match self {
+            ReplayError::Corruption { index, .. } => *index,
+            ReplayError::UnknownEntryKind { index } => Some(*index),
+            ReplayError::CannotStart { first_index, .. } => Some(*first_index),
+            _ => None,
+        }
+    }
+}
+
+fn journal_error(error: tally_journal::Error) -> ReplayError {
+    match error {
+        tally_journal::Error::Corruption { index, .. } => ReplayError::Corruption {
+            index,
+            source: error,
+        },
+        other => ReplayError::Journal(other),
+    }
+}
+
+/// The journal and snapshot directories of a node's data directory.
+fn node_directories(data_dir: &Path) -> Result<(PathBuf, PathBuf), ReplayError> {
+    let log = data_dir.join("log");
+    if !log.is_dir() {
+        return Err(ReplayError::NotADataDirectory {
+            path: data_dir.to_owned(),
+            reason: format!("{} is not a directory", log.display()),
+        });
+    }
+    Ok((log, data_dir.join("snapshots")))
+}
+
+/// The node's latest snapshot, read-only: its last log index and the engine bytes.
+fn load_snapshot(
+    storage: &Arc<dyn Storage>,
+    dir: &Path,
+) -> Result<Option<(u64, Vec<u8>)>, ReplayError> {
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let store = SnapshotStore::open_read_only(Arc::clone(storage), dir);
+    let snapshot = store.load_latest().map_err(|error| match error {
+        tally_journal::Error::Corruption { .. } => {
+            ReplayError::Snapshot(format!("SNAPSHOT CORRUPTION: {error}"))
+        }
+        other => ReplayError::Snapshot(other.to_string()),
+    })?;
+    Ok(snapshot.and_then(|snapshot| Some((snapshot.last_log_id?.index, snapshot.data))))
+}
+
+/// Runs an audit replay of `options.data_dir`. See the module documentation.
+pub fn run(options: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
+    let started = Instant::now();
+    let storage = FsStorage::shared();
+    let (log_dir, snapshot_dir) = node_directories(&options.data_dir)?;
+    let (journal, report) =
+        Journal::open_read_only(Arc::clone(&storage), &log_dir).map_err(journal_error)?;
+    let snapshot = load_snapshot(&storage, &snapshot_dir)?;
+    let start = start_point(&journal, report.purged.is_some(), snapshot.as_ref())?;
+    let mut replay = Replay::new(options, &journal, start, snapshot)?;
+    replay.torn_tail = report.torn_tail.map(|torn| TornTail {
+        index: torn.index,
+        reason: torn.reason.to_owned(),
+    });
+    replay.collect_checkpoint_targets()?;
+    replay.apply_log()?;
+    replay.finish(started)
+}
+
+/// Where to begin: genesis for an unpurged log, else the snapshot just before the
+/// first entry (or later: only one snapshot is kept).
+fn start_point(
+    journal: &Journal,
+    purged: bool,
+    snapshot: Option<&(u64, Vec<u8>)>,
+) -> Result<StartPoint, ReplayError> {
+    let first_index = journal.first_index();
+    if !purged && first_index.is_none_or(|first| first <= 1) {
+        return Ok(StartPoint::Genesis);
+    }
+    let first_index =
+        first_index.unwrap_or_else(|| journal.purged_id().map_or(0, |id| id.index + 1));
+    let Some((snapshot_index, _)) = snapshot else {
+        return Err(ReplayError::CannotStart {
+            first_index,
+            reason: "there is no snapshot to start from".into(),
+        });
+    };
+    if snapshot_index + 1 < first_index {
+        return Err(ReplayError::CannotStart {
+            first_index,
+            reason: format!("the snapshot covers only entries through {snapshot_index}"),
+        });
+    }
+    Ok(StartPoint::Snapshot {
+        index: *snapshot_index,
+    })
+}
+
+struct Replay<'a> {
+    options: &'a ReplayOptions,
+    journal: &'a Journal,
+    start: StartPoint,
+    ledger: Ledger,
+    /// The snapshot's index and its state's (digest, hash chain), when it can be
+    /// compared with the replay.
+    snapshot_evidence: Option<(u64, Checkpoint)>,
+    /// Indexes after which the replayed digest and hash chain must be captured.
+    targets: BTreeSet<u64>,
+    captured: BTreeMap<u64, Checkpoint>,
+    verified_through: Option<u64>,
+    summary_counts: Counts,
+    torn_tail: Option<TornTail>,
+    divergence: Option<Divergence>,
+    results: ResultSink,
+    progress: Option<indicatif::ProgressBar>,
+}
+
+#[derive(Default)]
+struct Counts {
+    first_index: Option<u64>,
+    last_index: Option<u64>,
+    entries: u64,
+    batches: u64,
+    batches_rejected: u64,
+    events: u64,
+    checkpoints_verified: u64,
+    checkpoints_unverifiable: u64,
+    snapshot_verified: Option<u64>,
+}
+
+impl<'a> Replay<'a> {
+    fn new(
+        options: &'a ReplayOptions,
+        journal: &'a Journal,
+        start: StartPoint,
+        snapshot: Option<(u64, Vec<u8>)>,
+    ) -> Result<Replay<'a>, ReplayError> {
+        let mut ledger = Ledger::new();
+        let mut snapshot_evidence = None;
+        if let Some((index, bytes)) = snapshot {
+            let restored = Ledger::restore(&bytes).map_err(|error| {
+                ReplayError::Snapshot(format!(
+                    "the snapshot at index {index} does not restore: {error}"
+                ))
+            })?;
+            let state = Checkpoint {
+                index,
+                digest: restored.digest(),
+                hash_chain: restored.hash_chain(),
+            };
+            match start {
+                StartPoint::Snapshot { index: start_index } => {
+                    assert_eq!(start_index, index);
+                    ledger = restored;
+                }
+                StartPoint::Genesis => snapshot_evidence = Some((index, state)),
+            }
+        }
+        let verified_through = match start {
+            StartPoint::Genesis => None,
+            StartPoint::Snapshot { index } => Some(index),
+        };
+        Ok(Replay {
+            options,
+            journal,
+            start,
+            ledger,
+            snapshot_evidence,
+            targets: BTreeSet::new(),
+            captured: BTreeMap::new(),
+            verified_through,
+            summary_counts: Counts::default(),
+            torn_tail: None,
+            divergence: None,
+            results: ResultSink::open(options)?,
+            progress: None,
+        })
+    }
+
+    /// Entries to apply: after the snapshot when starting from one.
+    fn range(&self) -> Option<(u64, u64)> {
+        let first = self.journal.first_index()?;
+        let last = self.journal.last_index()?;
+        let first = match self.start {
+            StartPoint::Genesis => first,
+            StartPoint::Snapshot { index } => first.max(index + 1),
+        };
+        (first <= last).then_some((first, last))
+    }
+
+    /// Calls `visit` on every entry in `range`, read in bounded chunks.
+    fn for_each_entry(
+        &mut self,
+        mut visit: impl FnMut(&mut Self, Entry) -> Result<bool, ReplayError>,
+    ) -> Result<(), ReplayError> {
+        let Some((first, last)) = self.range() else {
+            return Ok(());
+        };
+        let mut chunk_first = first;
+        while chunk_first <= last {
+            let chunk_last = last.min(chunk_first + READ_CHUNK_ENTRIES - 1);
+            let entries = self
+                .journal
+                .read(chunk_first..=chunk_last)
+                .map_err(journal_error)?;
+            assert_eq!(entries.len() as u64, chunk_last - chunk_first + 1);
+            for entry in entries {
+                if !visit(self, entry)? {
+                    return Ok(());
+                }
+            }
+            chunk_first = chunk_last + 1;
+        }
+        Ok(())
+    }
+
+    /// Pass 1: which indexes have evidence to compare (checkpoints, the snapshot).
+    fn collect_checkpoint_targets(&mut self) -> Result<(), ReplayError> {
+        if let Some((index, _)) = self.snapshot_evidence {
+            self.targets.insert(index);
+        }
+        self.for_each_entry(|replay, entry| {
+            if let Some(Some(checkpoint)) = checkpoint_of(&entry) {
+                replay.targets.insert(checkpoint.index);
+            }
+            Ok(true)
+        })
+    }
+
+    /// Pass 2: apply, capture, compare.
+    fn apply_log(&mut self) -> Result<(), ReplayError> {
+        if self.options.progress {
+            if let Some((first, last)) = self.range() {
+                let bar = indicatif::ProgressBar::new(last - first + 1);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "replay {bar:40} {pos}/{len} entries {per_sec} eta {eta}",
+                    )
+                    .expect("valid template"),
+                );
+                self.progress = Some(bar);
+            }
+        }
+        let result = self.for_each_entry(|replay, entry| replay.apply_entry(entry));
+        if let Some(bar) = self.progress.take() {
+            bar.finish_and_clear();
+        }
+        result
+    }
+
+    /// Applies one entry; `false` once a divergence stops the replay.
+    fn apply_entry(&mut self, entry: Entry) -> Result<bool, ReplayError> {
+        let index = entry.id.index;
+        let counts = &mut self.summary_counts;
+        counts.first_index.get_or_insert(index);
+        counts.last_index = Some(index);
+        counts.entries += 1;
+        if let Some(bar) = &self.progress {
+            bar.inc(1);
+        }
+        match entry.kind {
+            EntryKind::Blank | EntryKind::Membership => {}
+            EntryKind::Batch if entry.operation == OPERATION_CHECKPOINT => {
+                if let Some(divergence) = self.check_checkpoint(&entry) {
+                    self.divergence = Some(divergence);
+                    return Ok(false);
+                }
+            }
+            EntryKind::Batch => self.apply_batch(entry)?,
+            _ => return Err(ReplayError::UnknownEntryKind { index }),
+        }
+        if self.targets.contains(&index) {
+            self.captured.insert(
+                index,
+                Checkpoint {
+                    index,
+                    digest: self.ledger.digest(),
+                    hash_chain: self.ledger.hash_chain(),
+                },
+            );
+            if let Some(divergence) = self.check_snapshot(index) {
+                self.divergence = Some(divergence);
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn apply_batch(&mut self, entry: Entry) -> Result<(), ReplayError> {
+        let index = entry.id.index;
+        let batch = Batch {
+            operation: entry.operation,
+            timestamp: entry.timestamp,
+            events: entry.payload.into(),
+        };
+        let reply = tally_raft::apply::apply_batch(&mut self.ledger, &batch);
+        let counts = &mut self.summary_counts;
+        counts.batches += 1;
+        counts.events += batch.event_count() as u64;
+        if reply.rejected.is_some() {
+            counts.batches_rejected += 1;
+        }
+        self.results
+            .batch(index, &batch, &reply.results, reply.rejected.is_some())
+    }
+
+    /// Compares a checkpoint entry with what the replay captured.
+    fn check_checkpoint(&mut self, entry: &Entry) -> Option<Divergence> {
+        let entry_index = entry.id.index;
+        let Some(Some(recorded)) = checkpoint_of(entry) else {
+            return Some(Divergence::MalformedCheckpoint { entry_index });
+        };
+        if recorded.index >= entry_index {
+            return Some(Divergence::MalformedCheckpoint { entry_index });
+        }
+        let Some(replayed) = self.captured.get(&recorded.index).copied() else {
+            // Before the replay's start (purged log): nothing to compare with.
+            self.summary_counts.checkpoints_unverifiable += 1;
+            return None;
+        };
+        if replayed == recorded {
+            self.summary_counts.checkpoints_verified += 1;
+            self.verified_through = self.verified_through.max(Some(recorded.index));
+            return None;
+        }
+        Some(Divergence::Checkpoint {
+            entry_index,
+            index: recorded.index,
+            verified_through: self.verified_through,
+            recorded_digest: recorded.digest,
+            replayed_digest: replayed.digest,
+            recorded_hash_chain: recorded.hash_chain,
+            replayed_hash_chain: replayed.hash_chain,
+        })
+    }
+
+    /// At the snapshot's index (genesis replay), compares the snapshot's state.
+    fn check_snapshot(&mut self, index: u64) -> Option<Divergence> {
+        let (snapshot_index, recorded) = self.snapshot_evidence?;
+        if snapshot_index != index {
+            return None;
+        }
+        let replayed = self.captured[&index];
+        if replayed.digest == recorded.digest && replayed.hash_chain == recorded.hash_chain {
+            self.summary_counts.snapshot_verified = Some(index);
+            self.verified_through = self.verified_through.max(Some(index));
+            return None;
+        }
+        Some(Divergence::Snapshot {
+            index,
+            verified_through: self.verified_through,
+            recorded_digest: recorded.digest,
+            replayed_digest: replayed.digest,
+            recorded_hash_chain: recorded.hash_chain,
+            replayed_hash_chain: replayed.hash_chain,
+        })
+    }
+
+    fn finish(self, started: Instant) -> Result<ReplaySummary, ReplayError> {
+        let (events_exported, result_difference) =
+            self.results.finish(self.divergence.is_none())?;
+        let counts = self.summary_counts;
+        Ok(ReplaySummary {
+            data_dir: self.options.data_dir.clone(),
+            started_from: self.start,
+            first_index: counts.first_index,
+            last_index: counts.last_index,
+            entries: counts.entries,
+            batches: counts.batches,
+            batches_rejected: counts.batches_rejected,
+            events: counts.events,
+            checkpoints_verified: counts.checkpoints_verified,
+            checkpoints_unverifiable: counts.checkpoints_unverifiable,
+            snapshot_verified: counts.snapshot_verified,
+            torn_tail: self.torn_tail,
+            final_digest: self.ledger.digest(),
+            final_hash_chain: self.ledger.hash_chain(),
+            elapsed: started.elapsed(),
+            divergence: self.divergence,
+            result_difference,
+            events_exported,
+        })
+    }
+}
+
+/// `None`: not a checkpoint entry; `Some(None)`: a malformed one.
+fn checkpoint_of(entry: &Entry) -> Option<Option<Checkpoint>> {
+    (entry.kind == EntryKind::Batch && entry.operation == OPERATION_CHECKPOINT)
+        .then(|| Checkpoint::from_payload(&entry.payload))
+}
+
+/// The snake_case name of a result code of `operation`.
+fn status_name(operation: u8, status: u32) -> String {
+    let name = match operation {
+        OPERATION_CREATE_ACCOUNTS => CreateAccountResult::from_code(status).map(|r| r.name()),
+        OPERATION_CREATE_TRANSFERS => CreateTransferResult::from_code(status).map(|r| r.name()),
+        _ => None,
+    };
+    name.map_or_else(|| format!("unknown_status_{status}"), str::to_owned)
+}
+
+/// Writes the export and compares with the `against` file, one line per event.
+struct ResultSink {
+    export: Option<(PathBuf, BufWriter<File>)>,
+    against: Option<(PathBuf, io::Lines<BufReader<File>>)>,
+    line: String,
+    lines: u64,
+    difference: Option<ResultDifference>,
+}
+
+impl ResultSink {
+    fn open(options: &ReplayOptions) -> Result<ResultSink, ReplayError> {
+        let export = match &options.export {
+            Some(path) => {
+                let file = File::create(path).map_err(|source| ReplayError::Export {
+                    path: path.clone(),
+                    source,
+                })?;
+                Some((path.clone(), BufWriter::with_capacity(1 << 20, file)))
+            }
+            None => None,
+        };
+        let against = match &options.against {
+            Some(path) => {
+                let file = File::open(path).map_err(|error| ReplayError::Against {
+                    path: path.clone(),
+                    reason: error.to_string(),
+                })?;
+                Some((
+                    path.clone(),
+                    BufReader::with_capacity(1 << 20, file).lines(),
+                ))
+            }
+            None => None,
+        };
+        Ok(ResultSink {
+            export,
+            against,
+            line: String::new(),
+            lines: 0,
+            difference: None,
+        })
+    }
+
+    fn active(&self) -> bool {
+        self.export.is_some() || (self.against.is_some() && self.difference.is_none())
+    }
+
+    fn batch(
+        &mut self,
+        log_index: u64,
+        batch: &Batch,
+        results: &[u8],
+        rejected: bool,
+    ) -> Result<(), ReplayError> {
+        if !self.active() {
+            return Ok(());
+        }
+        let events = batch.events.chunks_exact(EVENT_SIZE);
+        if rejected {
+            for (event_index, event) in events.enumerate() {
+                self.event(log_index, event_index as u32, event, "batch_rejected", 0)?;
+            }
+            return Ok(());
+        }
+        assert_eq!(results.len() / EVENT_RESULT_SIZE, batch.event_count());
+        for result in results.chunks_exact(EVENT_RESULT_SIZE) {
+            let event_index = u32::from_le_bytes(result[0..4].try_into().expect("4 bytes"));
+            let status = u32::from_le_bytes(result[4..8].try_into().expect("4 bytes"));
+            let timestamp = u64::from_le_bytes(result[8..16].try_into().expect("8 bytes"));
+            let start = event_index as usize * EVENT_SIZE;
+            let event = &batch.events[start..start + EVENT_SIZE];
+            let name = status_name(batch.operation, status);
+            self.event(log_index, event_index, event, &name, timestamp)?;
+        }
+        Ok(())
+    }
+
+    fn event(
+        &mut self,
+        log_index: u64,
+        event_index: u32,
+        event: &[u8],
+        status: &str,
+        timestamp: u64,
+    ) -> Result<(), ReplayError> {
+        let id = u128::from_le_bytes(event[0..16].try_into().expect("16 bytes"));
+        self.line.clear();
+        write!(
+            self.line,
+            "{log_index} {event_index} {id} {status} {timestamp}"
+        )
+        .expect("writing to a String");
+        self.lines += 1;
+        if let Some((path, writer)) = &mut self.export {
+            writeln!(writer, "{}", self.line).map_err(|source| ReplayError::Export {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        if self.difference.is_none() {
+            if let Some((path, lines)) = &mut self.against {
+                let other = lines
+                    .next()
+                    .transpose()
+                    .map_err(|error| ReplayError::Against {
+                        path: path.clone(),
+                        reason: error.to_string(),
+                    })?;
+                if other.as_deref() != Some(self.line.as_str()) {
+                    self.difference = Some(ResultDifference {
+                        line: self.lines,
+                        log_index,
+                        event_index,
+                        id: id.to_string(),
+                        status: Some(status.to_owned()),
+                        status_other: other.as_deref().and_then(status_of_line),
+                        line_replayed: Some(self.line.clone()),
+                        line_other: other,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes the export; an `against` file with lines left over is a difference
+    /// (only when the replay ran to the end).
+    fn finish(mut self, complete: bool) -> Result<(u64, Option<ResultDifference>), ReplayError> {
+        if let Some((path, mut writer)) = self.export.take() {
+            writer
+                .flush()
+                .map_err(|source| ReplayError::Export { path, source })?;
+        }
+        if let (true, None, Some((path, lines))) = (complete, &self.difference, &mut self.against) {
+            if let Some(extra) = lines.next() {
+                let extra = extra.map_err(|error| ReplayError::Against {
+                    path: path.clone(),
+                    reason: error.to_string(),
+                })?;
+                let fields: Vec<&str> = extra.split(' ').collect();
+                self.difference = Some(ResultDifference {
+                    line: self.lines + 1,
+                    log_index: fields.first().and_then(|f| f.parse().ok()).unwrap_or(0),
+                    event_index: fields.get(1).and_then(|f| f.parse().ok()).unwrap_or(0),
+                    id: fields.get(2).map_or_else(String::new, |f| (*f).to_owned()),
+                    status: None,
+                    status_other: status_of_line(&extra),
+                    line_replayed: None,
+                    line_other: Some(extra),
+                });
+            }
+        }
+        Ok((self.lines, self.difference))
+    }
+}
+
+fn status_of_line(line: &str) -> Option<String> {
+    line.split(' ').nth(3).map(str::to_owned)
+}
+
+fn hex128<S: serde::Serializer>(value: &u128, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format!("{value:032x}"))
+}
+
+/// Command-line arguments of `replay` (shared by `tally-sim replay` and `tally replay`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// The node's data directory (holding log/ and snapshots/). Opened read-only.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Write the replayed results, one line per event:
+    /// `log_index event_index id status timestamp`.
+    #[arg(long)]
+    pub export: Option<PathBuf>,
+    /// Compare the results with an earlier `--export` file; print the first difference.
+    #[arg(long, alias = "diff")]
+    pub against: Option<PathBuf>,
+}
+
+/// Exit codes of the `replay` command.
+pub const EXIT_OK: u8 = 0;
+/// The replay ran and found a divergence or a differing result.
+pub const EXIT_MISMATCH: u8 = 1;
+/// The replay could not run (corruption, unreadable data directory, …).
+pub const EXIT_ERROR: u8 = 2;
+
+/// Runs `replay` as a command: prints the summary table, then one JSON line.
+pub fn main(args: &ReplayArgs) -> ExitCode {
+    let options = ReplayOptions {
+        data_dir: args.data_dir.clone(),
+        export: args.export.clone(),
+        against: args.against.clone(),
+        progress: io::stderr().is_terminal(),
+    };
+    match run(&options) {
+        Ok(summary) => {
+            print_summary(&summary);
+            ExitCode::from(if summary.ok() { EXIT_OK } else { EXIT_MISMATCH })
+        }
+        Err(error) => {
+            eprintln!("REPLAY FAILED: {error}");
+            let json = serde_json::json!({
+                "ok": false,
+                "data_dir": options.data_dir.display().to_string(),
+                "error": error.to_string(),
+                "index": error.index(),
+            });
+            println!("{json}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// The human table, then the JSON line.
+pub fn print_summary(summary: &ReplaySummary) {
+    let rows: [(&str, String); 15] = [
+        ("data dir", summary.data_dir.display().to_string()),
+        ("started from", summary.started_from.to_string()),
+        (
+            "log indexes",
+            format!(
+                "{} ..= {}",
+                bound_index(summary.first_index),
+                bound_index(summary.last_index)
+            ),
+        ),
+        ("entries", summary.entries.to_string()),
+        (
+            "batches",
+            format!(
+                "{} ({} rejected whole)",
+                summary.batches, summary.batches_rejected
+            ),
+        ),
+        ("events", summary.events.to_string()),
+        (
+            "checkpoints",
+            format!(
+                "{} verified, {} before the start (not checkable)",
+                summary.checkpoints_verified, summary.checkpoints_unverifiable
+            ),
+        ),
+        (
+            "snapshot",
+            summary.snapshot_verified.map_or_else(
+                || "not compared".to_owned(),
+                |index| format!("verified at index {index}"),
+            ),
+        ),
+        (
+            "torn tail",
+            summary.torn_tail.as_ref().map_or_else(
+                || "none".to_owned(),
+                |torn| format!("from index {} left unreplayed: {}", torn.index, torn.reason),
+            ),
+        ),
+        ("final digest", format!("{:032x}", summary.final_digest)),
+        ("hash chain", format!("{:032x}", summary.final_hash_chain)),
+        ("time", format!("{:.3} s", summary.elapsed.as_secs_f64())),
+        ("events/s", format!("{:.0}", summary.events_per_second())),
+        ("exported", summary.events_exported.to_string()),
+        (
+            "result",
+            if summary.ok() {
+                "OK".into()
+            } else {
+                "MISMATCH".into()
+            },
+        ),
+    ];
+    for (name, value) in rows {
+        println!("{name:<14} {value}");
+    }
+    if let StartPoint::Snapshot { index } = summary.started_from {
+        println!(
+            "WARNING: the log was purged; entries through {index} were not re-applied (state taken \
+             from the snapshot). A full audit needs a log that was never purged."
+        );
+    }
+    if let Some(divergence) = &summary.divergence {
+        println!("DIVERGENCE: {divergence}");
+    }
+    if let Some(difference) = &summary.result_difference {
+        println!("RESULT DIFFERS: {difference}");
+    }
+    println!("{}", summary.to_json());
+}
