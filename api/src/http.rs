@@ -152,7 +152,7 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
+        .and_then(|value| bearer_token(value.as_bytes()));
     match presented {
         Some(token) if bool::from(token.ct_eq(expected)) => next.run(request).await,
         Some(_) => unauthorized("the API token is wrong"),
@@ -160,6 +160,13 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
             unauthorized("this server needs an API token: send `Authorization: Bearer <token>`")
         }
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header (the scheme name is case-insensitive).
+fn bearer_token(header_value: &[u8]) -> Option<&[u8]> {
+    const SCHEME: &[u8] = b"bearer ";
+    let (scheme, token) = header_value.split_at_checked(SCHEME.len())?;
+    scheme.eq_ignore_ascii_case(SCHEME).then_some(token)
 }
 
 fn unauthorized(message: &str) -> Response {
@@ -568,4 +575,24 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_extracted() {
+        let cases: &[(&[u8], Option<&[u8]>)] = &[
+            (b"Bearer abc", Some(b"abc")),
+            (b"bearer abc", Some(b"abc")),
+            (b"BEARER abc", Some(b"abc")),
+            (b"Basic abc", None),
+            (b"Bearer", None),
+            (b"", None),
+        ];
+        for (header_value, token) in cases {
+            assert_eq!(bearer_token(header_value), *token, "{header_value:?}");
+        }
+    }
 }
