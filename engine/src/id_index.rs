@@ -32,9 +32,14 @@ pub struct IdIndex {
     /// Empty, or a power of two of at least `SLOTS_MIN`.
     slots: Vec<u64>,
     len: usize,
+    /// `slots.len() - 1` (0 when empty).
+    mask: usize,
+    /// `FINGERPRINT_BITS - log2(slots.len())`: a fingerprint shifted right by it is its home.
+    shift: u32,
 }
 
-fn fingerprint(id: u128) -> u32 {
+/// The top 32 bits of the id's hash: kept in the slot, and the slot's home in its top bits.
+pub fn fingerprint(id: u128) -> u32 {
     (hash_id(id) >> 32) as u32
 }
 
@@ -87,7 +92,16 @@ impl IdIndex {
     }
 
     /// Makes room for `additional` more entries.
+    #[inline]
     pub fn reserve(&mut self, additional: usize) {
+        if (self.len + additional) * 2 <= self.slots.len() {
+            return;
+        }
+        self.grow(additional);
+    }
+
+    #[inline(never)]
+    fn grow(&mut self, additional: usize) {
         let needed = slots_for(self.len + additional);
         if needed > self.slots.len() {
             self.resize(needed);
@@ -95,22 +109,29 @@ impl IdIndex {
     }
 
     fn mask(&self) -> usize {
-        self.slots.len() - 1
+        self.mask
     }
 
     fn home(&self, fingerprint: u32) -> usize {
-        let bits = self.slots.len().trailing_zeros();
-        assert!(bits <= FINGERPRINT_BITS);
-        // Shifting a u64 lets `bits == 0` (never reached: SLOTS_MIN) stay well defined.
-        ((fingerprint as u64) >> (FINGERPRINT_BITS - bits)) as usize
+        // Shifting a u64 keeps a shift of 32 (one slot; never reached: SLOTS_MIN) well defined.
+        ((fingerprint as u64) >> self.shift) as usize
     }
 
     /// The index stored for `id`; `id_at(index)` returns the id of a stored record.
     pub fn get(&self, id: u128, id_at: impl Fn(u32) -> u128) -> Option<u32> {
+        self.get_fingerprinted(id, fingerprint(id), id_at)
+    }
+
+    /// `get` with the id's `fingerprint(id)` computed once by the caller.
+    pub fn get_fingerprinted(
+        &self,
+        id: u128,
+        fingerprint: u32,
+        id_at: impl Fn(u32) -> u128,
+    ) -> Option<u32> {
         if self.slots.is_empty() {
             return None;
         }
-        let fingerprint = fingerprint(id);
         let mask = self.mask();
         let mut position = self.home(fingerprint);
         // Bounded: at most half the slots are full, so an empty one ends every probe.
@@ -127,15 +148,14 @@ impl IdIndex {
         unreachable!("id index has no empty slot");
     }
 
-    /// The record index in `id`'s home slot if its fingerprint matches, else `u32::MAX`: one load,
+    /// The record index in the home slot of the id with `fingerprint` if its fingerprint matches, else `u32::MAX`: one load,
     /// no probe loop and no record read. Not an answer (the id may sit further along the probe,
     /// or the match may be another id); it is how a batch's lookahead touches the slots and
     /// records of many ids in one tight loop, so that their cache misses overlap.
-    pub fn home_candidate(&self, id: u128) -> u32 {
+    pub fn home_candidate(&self, fingerprint: u32) -> u32 {
         if self.slots.is_empty() {
             return u32::MAX;
         }
-        let fingerprint = fingerprint(id);
         let slot = self.slots[self.home(fingerprint)];
         if slot != EMPTY && entry_fingerprint(slot) == fingerprint {
             entry_index(slot)
@@ -218,6 +238,8 @@ impl IdIndex {
         assert!(slots_count.trailing_zeros() <= FINGERPRINT_BITS);
         assert!(slots_count >= self.len * 2);
         let old = std::mem::replace(&mut self.slots, vec![EMPTY; slots_count]);
+        self.mask = slots_count - 1;
+        self.shift = FINGERPRINT_BITS - slots_count.trailing_zeros();
         let mask = self.mask();
         for slot in old.into_iter().filter(|slot| *slot != EMPTY) {
             let mut position = self.home(entry_fingerprint(slot));

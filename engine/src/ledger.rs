@@ -7,7 +7,7 @@ use xxhash_rust::xxh3::Xxh3;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::id_hash::{IdMap, IdSet};
-use crate::id_index::IdIndex;
+use crate::id_index::{fingerprint, IdIndex};
 use crate::limits::{
     ACCOUNTS_MAX, BATCH_EVENTS_MAX, EVENT_SIZE, HISTORY_ROWS_MAX, LOOKAHEAD_EVENTS,
     NANOSECONDS_PER_SECOND, TRANSFERS_MAX,
@@ -138,18 +138,19 @@ struct ChainMarks {
 }
 
 /// What one event of a transfer batch refers to, looked up `LOOKAHEAD_EVENTS` events at a time
-/// before those events are applied. The lookups run in one tight loop so that the cache misses of
-/// many events overlap (memory-level parallelism) instead of each event waiting on its own; the
-/// main loop then finds the same map buckets and records still in cache.
+/// before those events are applied, in stages whose loads do not depend on each other so that
+/// the cache misses of many events overlap (memory-level parallelism) instead of each event
+/// waiting on its own; the main loop then finds the same slots and records still in cache.
 ///
 /// Valid for the whole batch: accounts are never created during `create_transfers`, so the
 /// account indexes (and `NONE` = not found) are final; transfers that existed before the batch are
-/// never removed by it, so a found `existing` or `pending` is final, while `NONE` there only means
-/// "not before this batch" and is looked up again.
+/// never removed by it, so a found `pending` is final, while `NONE` there only means "not before
+/// this batch" and is looked up again. The event's own id is always looked up again (an earlier
+/// event of the batch may have taken it); its fingerprint is computed here once.
 #[derive(Clone, Copy, Debug)]
 struct Hint {
-    /// The transfer with the event's id, if it existed before the batch.
-    existing: u32,
+    /// `id_index::fingerprint(event.id)`.
+    id_fingerprint: u32,
     /// Plain or pending: the event's accounts. Post or void: the pending transfer's accounts,
     /// when `pending` was found.
     debit: u32,
@@ -259,7 +260,13 @@ fn balances_of(account: &Account) -> [u128; 4] {
 }
 
 /// The limit of a constrained account holds (true for unconstrained accounts).
+#[inline(always)]
 fn within_limits(account: &Account) -> bool {
+    let constrained =
+        AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS;
+    if account.flags & constrained == 0 {
+        return true;
+    }
     let debits = account.debits_pending.checked_add(account.debits_posted);
     let credits = account.credits_pending.checked_add(account.credits_posted);
     let debits_ok = !account.has_flag(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
@@ -642,6 +649,7 @@ impl Ledger {
         }
     }
 
+    #[inline(always)]
     fn record_balances(&mut self, account_index: usize) {
         if self.undo_recording {
             let balances = balances_of(&self.accounts[account_index]);
@@ -885,100 +893,114 @@ impl Ledger {
 
     /// Fills `hints` for `events`. Only transfers below `stable_transfers_count` (those that
     /// existed before the batch, which the batch never removes) are trusted as found.
+    ///
+    /// Three stages, each a short loop over all `events` whose loads are independent, so the
+    /// processor keeps many cache misses in flight at once: (1) every id's fingerprint and home
+    /// slot; (2) the pending transfers of posts and voids, and their accounts' fingerprints;
+    /// (3) the accounts: slot, record (both cache lines) and list heads.
     fn resolve_hints(
         &self,
         events: &[Transfer],
         stable_transfers_count: usize,
         hints: &mut Vec<Hint>,
     ) {
-        let transfer_of = |id: &u128| match self.transfer_index_of(*id) {
-            Some(index) if (index as usize) < stable_transfers_count => index,
-            _ => NONE,
-        };
-        // Reading the account record (both of its cache lines) and list heads here, for every
-        // event at once, is what lets their cache misses overlap; the asserts are real invariants.
-        let index_of = |id: &u128| match self.account_index_of(*id) {
-            Some(index) => {
-                let account = &self.accounts[index as usize];
-                assert!(account.id == *id && account.ledger != 0);
-                std::hint::black_box(self.account_links[index as usize]);
-                index
-            }
-            None => NONE,
-        };
-        let resolving = TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER;
-        self.touch_ahead(events);
-        hints.clear();
-        hints.extend(events.iter().map(|event| {
-            let existing = transfer_of(&event.id);
-            if event.flags & resolving == 0 {
-                return Hint {
-                    existing,
-                    debit: index_of(&event.debit_account_id),
-                    credit: index_of(&event.credit_account_id),
-                    pending: NONE,
-                };
-            }
-            let pending = transfer_of(&event.pending_id);
-            let (debit, credit) = match self.transfers.get(pending as usize) {
-                Some(pending) => (
-                    index_of(&pending.debit_account_id),
-                    index_of(&pending.credit_account_id),
-                ),
-                None => (NONE, NONE),
-            };
-            Hint {
-                existing,
-                debit,
-                credit,
-                pending,
-            }
-        }));
-    }
-
-    /// Brings into cache what `resolve_hints` is about to read for `events`, in stages of
-    /// independent loads: the home slots of every id, then the pending transfers found there,
-    /// then the accounts' slots and records. Each stage is a short loop whose loads do not depend
-    /// on each other, so the processor keeps many cache misses in flight at once, where the
-    /// lookups themselves (probe loop, then the record to confirm) would wait on one miss after
-    /// another. Only candidates are touched; `resolve_hints` finds the real answers.
-    fn touch_ahead(&self, events: &[Transfer]) {
         assert!(events.len() <= LOOKAHEAD_EVENTS);
         let resolving = TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER;
+        // Fingerprints of the debit and credit account ids, or of the pending id in [0].
+        let mut fingerprints = [[0u32; 2]; LOOKAHEAD_EVENTS];
         let mut touched: u64 = 0;
-        let mut pendings = [NONE; LOOKAHEAD_EVENTS];
-        let mut pendings_count = 0;
-        for event in events {
-            touched ^= self.transfer_indexes.home_candidate(event.id) as u64;
+        let mut resolving_count = 0;
+        hints.clear();
+        for (event, fingerprints) in events.iter().zip(&mut fingerprints) {
+            let id_fingerprint = fingerprint(event.id);
+            touched ^= self.transfer_indexes.home_candidate(id_fingerprint) as u64;
             if event.flags & resolving != 0 {
-                pendings[pendings_count] = self.transfer_indexes.home_candidate(event.pending_id);
-                pendings_count += 1;
+                resolving_count += 1;
+                fingerprints[0] = fingerprint(event.pending_id);
+                touched ^= self.transfer_indexes.home_candidate(fingerprints[0]) as u64;
+            } else {
+                *fingerprints = [
+                    fingerprint(event.debit_account_id),
+                    fingerprint(event.credit_account_id),
+                ];
+                touched ^= self.account_indexes.home_candidate(fingerprints[0]) as u64;
+                touched ^= self.account_indexes.home_candidate(fingerprints[1]) as u64;
             }
+            hints.push(Hint {
+                id_fingerprint,
+                debit: NONE,
+                credit: NONE,
+                pending: NONE,
+            });
         }
-        let mut account_ids = [0u128; 2 * LOOKAHEAD_EVENTS];
-        let mut account_ids_count = 0;
-        for event in events.iter().filter(|event| event.flags & resolving == 0) {
-            account_ids[account_ids_count] = event.debit_account_id;
-            account_ids[account_ids_count + 1] = event.credit_account_id;
-            account_ids_count += 2;
+        std::hint::black_box(touched);
+        if resolving_count > 0 {
+            self.resolve_pending_hints(events, stable_transfers_count, hints, &mut fingerprints);
         }
-        for pending in &pendings[..pendings_count] {
-            if let Some(pending) = self.transfers.get(*pending as usize) {
-                account_ids[account_ids_count] = pending.debit_account_id;
-                account_ids[account_ids_count + 1] = pending.credit_account_id;
-                account_ids_count += 2;
+        // Reading the account record (both of its cache lines) and list heads here, for every
+        // event at once, is what lets their cache misses overlap; the asserts are real invariants.
+        let index_of = |id: u128, fingerprint: u32| {
+            let accounts = &self.accounts;
+            match self
+                .account_indexes
+                .get_fingerprinted(id, fingerprint, |index| accounts[index as usize].id)
+            {
+                Some(index) => {
+                    let account = &accounts[index as usize];
+                    assert!(account.id == id && account.ledger != 0);
+                    std::hint::black_box(self.account_links[index as usize]);
+                    index
+                }
+                None => NONE,
             }
+        };
+        for ((event, hint), fingerprints) in events.iter().zip(hints.iter_mut()).zip(&fingerprints)
+        {
+            let (debit_id, credit_id) = if event.flags & resolving == 0 {
+                (event.debit_account_id, event.credit_account_id)
+            } else if let Some(pending) = self.transfers.get(hint.pending as usize) {
+                (pending.debit_account_id, pending.credit_account_id)
+            } else {
+                continue;
+            };
+            hint.debit = index_of(debit_id, fingerprints[0]);
+            hint.credit = index_of(credit_id, fingerprints[1]);
         }
-        let mut candidates = [NONE; 2 * LOOKAHEAD_EVENTS];
-        for (id, candidate) in account_ids[..account_ids_count].iter().zip(&mut candidates) {
-            *candidate = self.account_indexes.home_candidate(*id);
-        }
-        for candidate in &candidates[..account_ids_count] {
-            if let Some(account) = self.accounts.get(*candidate as usize) {
-                // Both cache lines of the record, and the list heads.
-                touched ^= account.id as u64 ^ account.timestamp;
-                touched ^= self.account_links[*candidate as usize].transfers_head as u64;
+    }
+
+    /// Stage (2) of `resolve_hints`: for each post or void, the pending transfer if it existed
+    /// before the batch, and the fingerprints of its accounts in place of the pending id's.
+    fn resolve_pending_hints(
+        &self,
+        events: &[Transfer],
+        stable_transfers_count: usize,
+        hints: &mut [Hint],
+        fingerprints: &mut [[u32; 2]; LOOKAHEAD_EVENTS],
+    ) {
+        let resolving = TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER;
+        let transfers = &self.transfers;
+        let mut touched: u64 = 0;
+        for ((event, hint), fingerprints) in events.iter().zip(hints).zip(fingerprints) {
+            if event.flags & resolving == 0 {
+                continue;
             }
+            let found = self.transfer_indexes.get_fingerprinted(
+                event.pending_id,
+                fingerprints[0],
+                |index| transfers[index as usize].id,
+            );
+            let Some(index) = found.filter(|index| (*index as usize) < stable_transfers_count)
+            else {
+                continue;
+            };
+            hint.pending = index;
+            let pending = &transfers[index as usize];
+            *fingerprints = [
+                fingerprint(pending.debit_account_id),
+                fingerprint(pending.credit_account_id),
+            ];
+            touched ^= self.account_indexes.home_candidate(fingerprints[0]) as u64;
+            touched ^= self.account_indexes.home_candidate(fingerprints[1]) as u64;
         }
         std::hint::black_box(touched);
     }
@@ -1002,10 +1024,12 @@ impl Ledger {
         if event.id == u128::MAX {
             return Outcome::failed(R::IdMustNotBeIntMax);
         }
-        let existing = match hint.existing {
-            NONE => self.transfer_index_of(event.id),
-            index => Some(index),
-        };
+        let transfers = &self.transfers;
+        let existing =
+            self.transfer_indexes
+                .get_fingerprinted(event.id, hint.id_fingerprint, |index| {
+                    transfers[index as usize].id
+                });
         if let Some(index) = existing {
             let existing = &self.transfers[index as usize];
             return Outcome {
@@ -1433,6 +1457,7 @@ impl Ledger {
         transfer_index
     }
 
+    #[inline(always)]
     fn push_history(&mut self, account_index: usize, transfer_index: u32) {
         let account = &self.accounts[account_index];
         if !account.has_flag(AccountFlags::HISTORY) {
