@@ -43,6 +43,9 @@ pub struct Core {
     pub drift: Arc<DriftState>,
     /// Where this node's own checkpoints go to be proposed (if it leads).
     pub checkpoint_sink: Option<tokio::sync::mpsc::Sender<Checkpoint>>,
+    /// Events applied since the last snapshot was built or installed: the
+    /// log a restart would have to re-apply (drives the snapshot policy).
+    pub events_since_snapshot: u64,
 }
 
 impl Core {
@@ -55,6 +58,7 @@ impl Core {
             checkpoints: Checkpoints::default(),
             drift: Arc::new(DriftState::default()),
             checkpoint_sink: None,
+            events_since_snapshot: 0,
         }
     }
 
@@ -79,7 +83,10 @@ impl Core {
                     }
                     BatchReply::default()
                 }
-                EntryPayload::Normal(batch) => apply_batch(&mut self.ledger, &batch),
+                EntryPayload::Normal(batch) => {
+                    self.events_since_snapshot += batch.event_count() as u64;
+                    apply_batch(&mut self.ledger, &batch)
+                }
                 EntryPayload::Membership(membership) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), membership);
                     BatchReply::default()

@@ -35,6 +35,8 @@ use crate::limits::CHECKPOINTS_KEPT;
 use crate::limits::CHECKPOINT_EVERY_ENTRIES_DEFAULT;
 use crate::limits::LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES;
 use crate::limits::SNAPSHOT_EVERY_ENTRIES_DEFAULT;
+use crate::limits::SNAPSHOT_LOG_BYTES_MIN;
+use crate::limits::SNAPSHOT_POLICY_INTERVAL;
 use crate::log_store::LogStore;
 use crate::network::Network;
 use crate::network::NetworkSettings;
@@ -56,6 +58,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// This node's own addresses, recorded in the membership.
     pub info: NodeInfo,
+    /// Snapshot every this many log entries; 0 = the adaptive policy (by
+    /// log size against state size, see `snapshot_when_worth_it`).
     pub snapshot_every_entries: u64,
     pub heartbeat_interval_ms: u64,
     pub election_timeout_min_ms: u64,
@@ -268,7 +272,10 @@ impl Node {
             heartbeat_interval: config.heartbeat_interval_ms,
             election_timeout_min: config.election_timeout_min_ms,
             election_timeout_max: config.election_timeout_max_ms,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
+            snapshot_policy: match config.snapshot_every_entries {
+                0 => SnapshotPolicy::Never,
+                entries => SnapshotPolicy::LogsSinceLast(entries),
+            },
             max_in_snapshot_log_to_keep: LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES,
             max_payload_entries: APPEND_ENTRIES_MAX,
             ..Default::default()
@@ -314,6 +321,12 @@ impl Node {
             );
         }
         tasks.push(tokio::spawn(propose_checkpoints(raft.clone(), checkpoints)));
+        if config.snapshot_every_entries == 0 {
+            tasks.push(tokio::spawn(snapshot_when_worth_it(
+                raft.clone(),
+                Arc::clone(&ring),
+            )));
+        }
         let ingress = Ingress::start(raft.clone(), config.clock.clone());
         Ok(Node {
             inner: Arc::new(NodeInner {
@@ -568,6 +581,40 @@ fn admin_error(error: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Ad
             leader: forward.leader_node,
         },
         other => AdminError::Rejected(other.to_string()),
+    }
+}
+
+/// The adaptive snapshot policy: snapshot once the log a restart would
+/// re-apply is larger than the state a snapshot would write (and at least
+/// `SNAPSHOT_LOG_BYTES_MIN`). Building a snapshot pauses the business-logic
+/// thread for a time proportional to the state, so snapshotting on a fixed
+/// entry count would stall a large ledger far too often; this way the pause
+/// is amortised over at least as much work as it saves at restart.
+async fn snapshot_when_worth_it(raft: Raft, ring: Arc<ApplyRing>) {
+    loop {
+        tokio::time::sleep(SNAPSHOT_POLICY_INTERVAL).await;
+        let sizes = ring
+            .run(|core: &mut Core| {
+                let state_bytes = (core.ledger.accounts_count() + core.ledger.transfers_count())
+                    as u64
+                    * tally_engine::limits::EVENT_SIZE as u64;
+                (
+                    core.events_since_snapshot * tally_engine::limits::EVENT_SIZE as u64,
+                    state_bytes,
+                )
+            })
+            .await;
+        let Ok((log_bytes, state_bytes)) = sizes else {
+            return;
+        };
+        if log_bytes >= state_bytes.max(SNAPSHOT_LOG_BYTES_MIN) {
+            tracing::info!(log_bytes, state_bytes, "snapshot policy: taking a snapshot");
+            if raft.trigger().snapshot().await.is_err() {
+                return;
+            }
+            // Give the snapshot time to reset the counter before looking again.
+            tokio::time::sleep(SNAPSHOT_POLICY_INTERVAL * 10).await;
+        }
     }
 }
 

@@ -92,6 +92,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let (data, last_applied, membership) = self
             .ring
             .run(|core: &mut Core| {
+                core.events_since_snapshot = 0;
                 (
                     core.ledger.snapshot(),
                     core.last_applied,
@@ -192,6 +193,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 core.membership = meta.last_membership;
                 // Checkpoints recorded before were of a state this one replaces.
                 core.checkpoints = Default::default();
+                core.events_since_snapshot = 0;
             })
             .await
             .map_err(ring_error)?;
