@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use xxhash_rust::xxh3::Xxh3;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::id_hash::{IdMap, IdSet};
+use crate::id_hash::IdSet;
 use crate::id_index::{fingerprint, IdIndex};
 use crate::limits::{
     ACCOUNTS_MAX, BATCH_EVENTS_MAX, EVENT_SIZE, HISTORY_ROWS_MAX, LOOKAHEAD_EVENTS,
@@ -87,6 +87,70 @@ impl PendingStatus {
             4 => Some(PendingStatus::Expired),
             _ => None,
         }
+    }
+}
+
+/// The `PendingStatus` of every transfer created with `pending`, by transfer index: one byte per
+/// transfer in a `Vec` parallel to the transfers, so creating a transfer appends a byte and a post
+/// or void reads and writes one in place, with no map to hash into.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PendingStatuses {
+    statuses: Vec<Option<PendingStatus>>,
+    /// How many are `Some`.
+    len: usize,
+}
+
+impl PendingStatuses {
+    /// Statuses for `count` transfers, none of them pending.
+    pub(crate) fn with_transfers(count: usize) -> PendingStatuses {
+        PendingStatuses {
+            statuses: vec![None; count],
+            len: 0,
+        }
+    }
+
+    fn reserve_exact(&mut self, additional: usize) {
+        self.statuses.reserve_exact(additional);
+    }
+
+    /// A slot for a newly appended transfer.
+    fn push_transfer(&mut self) {
+        self.statuses.push(None);
+    }
+
+    /// Drops the slot of the newest transfer, which must hold no status.
+    fn pop_transfer(&mut self) {
+        let status = self.statuses.pop().expect("a transfer's status slot");
+        assert!(status.is_none());
+    }
+
+    /// Sets the status of transfer `index`, returning the previous one.
+    pub(crate) fn insert(&mut self, index: u32, status: PendingStatus) -> Option<PendingStatus> {
+        let previous = self.statuses[index as usize].replace(status);
+        self.len += previous.is_none() as usize;
+        previous
+    }
+
+    fn remove(&mut self, index: u32) -> Option<PendingStatus> {
+        let previous = self.statuses[index as usize].take();
+        self.len -= previous.is_some() as usize;
+        previous
+    }
+
+    pub(crate) fn get(&self, index: u32) -> Option<PendingStatus> {
+        self.statuses.get(index as usize).copied().flatten()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// (transfer index, status) of every pending transfer, by index.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, PendingStatus)> + '_ {
+        self.statuses
+            .iter()
+            .enumerate()
+            .filter_map(|(index, status)| status.map(|status| (index as u32, status)))
     }
 }
 
@@ -196,7 +260,7 @@ pub struct Ledger {
     pub(crate) transfer_indexes: IdIndex,
 
     /// Status of every transfer created with `pending`, by transfer index.
-    pub(crate) pending_statuses: IdMap<u32, PendingStatus>,
+    pub(crate) pending_statuses: PendingStatuses,
     /// Pending transfers with a timeout, by (expires_at, timestamp): the order they expire in.
     pub(crate) expiries: BTreeMap<(u64, u64), u32>,
     /// Ids burned by transient failures.
@@ -302,6 +366,7 @@ impl Ledger {
         ledger.transfers.reserve_exact(transfers_max);
         ledger.transfer_links.reserve_exact(transfers_max);
         ledger.transfer_indexes.reserve(transfers_max);
+        ledger.pending_statuses.reserve_exact(transfers_max);
         // Touch the record memory now, at start-up, so that the operating system's first-touch
         // page faults are not paid on the hot path (static allocation, as a node would do).
         ledger
@@ -346,7 +411,7 @@ impl Ledger {
             transfers: Vec::new(),
             transfer_links: Vec::new(),
             transfer_indexes: IdIndex::new(),
-            pending_statuses: IdMap::default(),
+            pending_statuses: PendingStatuses::default(),
             expiries: BTreeMap::new(),
             failed_ids: IdSet::default(),
             history: Vec::new(),
@@ -639,7 +704,7 @@ impl Ledger {
         self.account_links[debit_index].transfers_head = links.debit_previous;
         self.account_links[credit_index].transfers_head = links.credit_previous;
         if transfer.has_flag(TransferFlags::PENDING) {
-            let status = self.pending_statuses.remove(&transfer_index);
+            let status = self.pending_statuses.remove(transfer_index);
             assert_eq!(status, Some(PendingStatus::Pending));
             if transfer.timeout > 0 {
                 let expires_at = expires_at(&transfer).expect("checked on create");
@@ -647,6 +712,7 @@ impl Ledger {
                 assert_eq!(removed, Some(transfer_index));
             }
         }
+        self.pending_statuses.pop_transfer();
     }
 
     #[inline(always)]
@@ -1397,7 +1463,11 @@ impl Ledger {
             }
             pending.amount
         };
-        match self.pending_statuses[&pending_index] {
+        match self
+            .pending_statuses
+            .get(pending_index)
+            .expect("pending status")
+        {
             PendingStatus::Pending => {}
             PendingStatus::Posted => return Err(R::PendingTransferAlreadyPosted),
             PendingStatus::Voided => return Err(R::PendingTransferAlreadyVoided),
@@ -1443,6 +1513,7 @@ impl Ledger {
         let transfer_index = self.transfers.len() as u32;
         assert!(self.transfers.len() < self.transfers_max);
         self.transfers.push(Aligned(transfer));
+        self.pending_statuses.push_transfer();
         self.transfer_links.push(TransferLinks {
             debit_previous: self.account_links[debit_index].transfers_head,
             credit_previous: self.account_links[credit_index].transfers_head,

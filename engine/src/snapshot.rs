@@ -25,7 +25,8 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::id_hash::IdSet;
 use crate::id_index::IdIndex;
 use crate::ledger::{
-    expires_at, AccountLinks, Aligned, HistoryRow, Ledger, PendingStatus, TransferLinks, NONE,
+    expires_at, AccountLinks, Aligned, HistoryRow, Ledger, PendingStatus, PendingStatuses,
+    TransferLinks, NONE,
 };
 use crate::limits::{SNAPSHOT_HEADER_SIZE, SNAPSHOT_VERSION};
 use crate::types::{Account, AccountBalance, Transfer, TransferFlags};
@@ -88,11 +89,7 @@ impl<'a> Reader<'a> {
 impl Ledger {
     /// The whole state, versioned and checksummed. Deterministic: equal ledgers give equal bytes.
     pub fn snapshot(&self) -> Vec<u8> {
-        let mut pending: Vec<(u32, PendingStatus)> = self
-            .pending_statuses
-            .iter()
-            .map(|(index, status)| (*index, *status))
-            .collect();
+        let mut pending: Vec<(u32, PendingStatus)> = self.pending_statuses.iter().collect();
         pending.sort_unstable_by_key(|(index, _)| *index);
         let mut failed_ids: Vec<u128> = self.failed_ids.iter().copied().collect();
         failed_ids.sort_unstable();
@@ -270,6 +267,7 @@ impl Ledger {
             .map(|chunk| Aligned(Transfer::read_from_bytes(chunk).expect("128 bytes")))
             .collect();
         self.transfer_links = Vec::with_capacity(count);
+        self.pending_statuses = PendingStatuses::with_transfers(count);
         self.transfer_indexes.reserve(count);
         for index in 0..count {
             let transfer = self.transfers[index];

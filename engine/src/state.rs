@@ -46,8 +46,8 @@ impl Ledger {
     /// 0 for a transfer that is not pending, else its `PendingStatus`.
     pub(crate) fn pending_status_byte(&self, transfer_index: u32) -> u8 {
         self.pending_statuses
-            .get(&transfer_index)
-            .map_or(0, |status| *status as u8)
+            .get(transfer_index)
+            .map_or(0, |status| status as u8)
     }
 
     /// Per-ledger sums of all account balances, ordered by ledger.
@@ -136,7 +136,7 @@ impl Ledger {
             let credit = self
                 .account_index_of(transfer.credit_account_id)
                 .expect("account") as usize;
-            let status = self.pending_statuses.get(&(index as u32)).copied();
+            let status = self.pending_statuses.get(index as u32);
             if transfer.has_flag(TransferFlags::PENDING) {
                 if status == Some(PendingStatus::Pending) {
                     expected[debit][0] += transfer.amount;
@@ -189,7 +189,7 @@ impl Ledger {
         }
         for (index, transfer) in self.transfers.iter().enumerate() {
             let index = index as u32;
-            let status = self.pending_statuses.get(&index).copied();
+            let status = self.pending_statuses.get(index);
             assert_eq!(transfer.has_flag(TransferFlags::PENDING), status.is_some());
             let resolution = resolutions.get(&index).map(|(_, flags)| *flags);
             match status {
@@ -218,8 +218,7 @@ impl Ledger {
             self.pending_statuses
                 .iter()
                 .filter(|(index, status)| {
-                    **status == PendingStatus::Pending
-                        && self.transfers[**index as usize].timeout > 0
+                    *status == PendingStatus::Pending && self.transfers[*index as usize].timeout > 0
                 })
                 .count()
         );
