@@ -50,6 +50,10 @@ pub struct Args {
     /// filters out interference from other processes on a shared machine.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Start from `Ledger::new()`, as the server does today, so records and indexes grow (and
+    /// rehash) during the run, instead of `Ledger::with_capacity` sized and touched up front.
+    #[arg(long)]
+    grow: bool,
 }
 
 const LEDGER: u32 = 1;
@@ -151,7 +155,11 @@ fn run_engine(
     accounts: &[Account],
     batches: &[Vec<Transfer>],
 ) -> anyhow::Result<EngineRun> {
-    let mut ledger = Ledger::with_capacity(args.accounts, args.transfers);
+    let mut ledger = if args.grow {
+        Ledger::new()
+    } else {
+        Ledger::with_capacity(args.accounts, args.transfers)
+    };
     let mut timestamp = 1;
     for chunk in accounts.chunks(BATCH_EVENTS_MAX) {
         let results = ledger.create_accounts(timestamp, chunk);
@@ -322,6 +330,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "batch_events": args.batch_events,
         "seconds": engine.elapsed.as_secs_f64(),
         "repeat": args.repeat,
+        "ledger": if args.grow { "new" } else { "with_capacity" },
         "transfers_per_second": transfers_per_second.round(),
         "baseline_per_second": baseline_per_second.round(),
         "ratio": (ratio * 1000.0).round() / 1000.0,
