@@ -225,8 +225,17 @@ fn answer_group(group: Vec<Submission>, outcome: WriteOutcome) {
         }
         return;
     }
-    let results =
-        <[EventResult]>::ref_from_bytes(&reply.results).expect("results are whole 16-byte records");
+    // Decoded record by record: a `Vec<u8>` promises no alignment.
+    let results: Vec<EventResult> = reply
+        .results
+        .chunks_exact(size_of::<EventResult>())
+        .map(|record| EventResult::read_from_bytes(record).expect("16-byte record"))
+        .collect();
+    assert_eq!(
+        reply.results.len(),
+        results.len() * size_of::<EventResult>(),
+        "whole result records"
+    );
     let mut offset = 0usize;
     for submission in group {
         let count = submission.event_count();
