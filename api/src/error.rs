@@ -7,7 +7,9 @@ use axum::response::IntoResponse;
 use axum::response::Response;
 use serde::Serialize;
 use tally_raft::ingress::SubmitError;
+use tally_raft::node::AdminError;
 use tally_raft::node::ReadError;
+use tally_raft::types::NodeInfo;
 use utoipa::ToSchema;
 
 use crate::json::InputError;
@@ -27,27 +29,40 @@ pub struct ErrorBody {
     /// The leader's HTTP address, when this node is not the leader.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub leader: Option<String>,
+    /// The leader's node id, when this node is not the leader and knows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader_id: Option<u64>,
 }
+
+/// Set on a redirect answer: the leader's base URL. The `/v1` router's `redirect_to_leader`
+/// layer turns it into `Location: <base><path and query of the request>`.
+#[derive(Clone, Debug)]
+pub struct LeaderRedirect(pub String);
 
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub body: ErrorBody,
+    /// Boxed: an `ApiError` travels in every handler's `Result`.
+    pub body: Box<ErrorBody>,
     /// Sets `Retry-After`: nothing was accepted and the same request may be sent again.
     pub retry: bool,
+    /// 307 to the leader named in `body.leader` (the request's path and query are appended).
+    pub redirect: bool,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
-            body: ErrorBody {
+            body: Box::new(ErrorBody {
                 error: message.into(),
                 index: None,
                 field: None,
                 leader: None,
-            },
+                leader_id: None,
+            }),
             retry: false,
+            redirect: false,
         }
     }
 
@@ -66,20 +81,35 @@ impl ApiError {
         }
     }
 
-    fn not_leader(leader_http_addr: Option<String>) -> ApiError {
-        let mut error = ApiError::retryable(
-            StatusCode::SERVICE_UNAVAILABLE,
-            match &leader_http_addr {
-                Some(address) => {
-                    format!("this node is not the leader; send to the leader at {address}")
-                }
-                None => {
-                    "this node is not the leader and knows no leader yet; retry later".to_owned()
-                }
-            },
-        );
-        error.body.leader = leader_http_addr;
-        error
+    /// This node is not the leader. With a leader known (and its HTTP address): 307 to it, the
+    /// same path and query; nothing was accepted here, so the client re-sends the same request
+    /// there. Without one (an election is under way): 503 + `Retry-After`.
+    pub fn not_leader(leader_id: Option<u64>, leader: Option<NodeInfo>) -> ApiError {
+        let base = leader.as_ref().and_then(crate::cluster::leader_base);
+        match (leader_id, base) {
+            (Some(id), Some(base)) => {
+                let mut error = ApiError::new(
+                    StatusCode::TEMPORARY_REDIRECT,
+                    format!(
+                        "this node is not the leader; nothing was accepted here: send the same request \
+                         to the leader, node {id} at {base}"
+                    ),
+                );
+                error.body.leader = Some(base);
+                error.body.leader_id = Some(id);
+                error.redirect = true;
+                error
+            }
+            _ => {
+                let mut error = ApiError::retryable(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "this node is not the leader and knows no leader yet (an election may be under \
+                     way); nothing was accepted: retry later",
+                );
+                error.body.leader_id = leader_id;
+                error
+            }
+        }
     }
 
     /// The node stopped serving because its state differs from the leader's: nothing was
@@ -104,13 +134,15 @@ impl From<InputError> for ApiError {
     fn from(error: InputError) -> ApiError {
         ApiError {
             status: StatusCode::BAD_REQUEST,
-            body: ErrorBody {
+            body: Box::new(ErrorBody {
                 error: error.message,
                 index: error.index,
                 field: error.field,
                 leader: None,
-            },
+                leader_id: None,
+            }),
             retry: false,
+            redirect: false,
         }
     }
 }
@@ -122,7 +154,7 @@ impl From<SubmitError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the server is busy; nothing was accepted, retry later",
             ),
-            SubmitError::NotLeader { leader, .. } => ApiError::not_leader(leader.map(|info| info.http_addr)),
+            SubmitError::NotLeader { leader_id, leader } => ApiError::not_leader(leader_id, leader),
             SubmitError::Invalid(reason) => ApiError::bad_request(reason),
             SubmitError::Unknown(reason) => ApiError::retryable(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -140,9 +172,7 @@ impl From<SubmitError> for ApiError {
 impl From<ReadError> for ApiError {
     fn from(error: ReadError) -> ApiError {
         match error {
-            ReadError::NotLeader { leader, .. } => {
-                ApiError::not_leader(leader.map(|info| info.http_addr))
-            }
+            ReadError::NotLeader { leader_id, leader } => ApiError::not_leader(leader_id, leader),
             ReadError::Diverged => ApiError::diverged(),
             ReadError::Failed(reason) => ApiError::retryable(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -152,9 +182,30 @@ impl From<ReadError> for ApiError {
     }
 }
 
+impl From<AdminError> for ApiError {
+    fn from(error: AdminError) -> ApiError {
+        match error {
+            AdminError::NotLeader { leader_id, leader } => ApiError::not_leader(leader_id, leader),
+            AdminError::Rejected(reason) => ApiError::new(
+                StatusCode::CONFLICT,
+                format!("the cluster refused the change: {reason}"),
+            ),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, axum::Json(self.body)).into_response();
+        let redirect = self
+            .body
+            .leader
+            .clone()
+            .filter(|_| self.redirect)
+            .map(LeaderRedirect);
+        let mut response = (self.status, axum::Json(*self.body)).into_response();
+        if let Some(redirect) = redirect {
+            response.extensions_mut().insert(redirect);
+        }
         if self.retry {
             response
                 .headers_mut()
@@ -181,9 +232,18 @@ mod tests {
                         region: "eu".into(),
                     }),
                 },
+                307,
+                false,
+                "send the same request to the leader, node 2 at http://10.0.0.2:3000",
+            ),
+            (
+                SubmitError::NotLeader {
+                    leader_id: None,
+                    leader: None,
+                },
                 503,
                 true,
-                "send to the leader at http://10.0.0.2:3000",
+                "knows no leader yet",
             ),
             (
                 SubmitError::Invalid("bad batch".into()),
@@ -203,7 +263,7 @@ mod tests {
                 true,
                 "retrying with the same ids is safe",
             ),
-            (SubmitError::Diverged, 503, false, "no longer serves"),
+            (SubmitError::Diverged, 503, false, "diverged"),
         ]
     }
 

@@ -46,6 +46,7 @@ use zerocopy::IntoBytes;
 
 use crate::error::ApiError;
 use crate::error::ErrorBody;
+use crate::error::LeaderRedirect;
 use crate::json;
 use crate::json::AccountJson;
 use crate::json::BalanceJson;
@@ -85,9 +86,27 @@ pub struct AppState {
         get_account_balances,
         status,
         healthz,
-        metrics_text
+        metrics_text,
+        crate::admin::get_cluster,
+        crate::admin::add_learner,
+        crate::admin::change_voters,
+        crate::admin::remove_member,
+        crate::admin::transfer_leader,
+        crate::admin::snapshot
     ),
-    components(schemas(AccountJson, TransferJson, BalanceJson, EventResultJson, ErrorBody, StatusJson)),
+    components(schemas(
+        AccountJson,
+        TransferJson,
+        BalanceJson,
+        EventResultJson,
+        ErrorBody,
+        StatusJson,
+        crate::admin::ClusterJson,
+        crate::admin::MemberJson,
+        crate::admin::LearnerRequest,
+        crate::admin::VotersRequest,
+        crate::admin::LeaderRequest
+    )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -118,6 +137,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/accounts/{id}/transfers", get(get_account_transfers))
         .route("/v1/accounts/{id}/balances", get(get_account_balances))
         .route("/v1/status", get(status))
+        .merge(crate::admin::routes())
+        .route_layer(axum::middleware::from_fn(redirect_to_leader))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
@@ -160,6 +181,22 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
             unauthorized("this server needs an API token: send `Authorization: Bearer <token>`")
         }
     }
+}
+
+/// A handler answering "not the leader, and the leader is known" sets [`LeaderRedirect`]; this
+/// layer adds `Location: <leader base URL><the request's path and query>` to that 307.
+async fn redirect_to_leader(request: Request, next: Next) -> Response {
+    let path_and_query = request.uri().path_and_query().map_or_else(
+        || request.uri().path().to_owned(),
+        |value| value.as_str().to_owned(),
+    );
+    let mut response = next.run(request).await;
+    if let Some(LeaderRedirect(base)) = response.extensions_mut().remove::<LeaderRedirect>() {
+        if let Ok(location) = HeaderValue::from_str(&format!("{base}{path_and_query}")) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+    }
+    response
 }
 
 /// The token of an `Authorization: Bearer <token>` header (the scheme name is case-insensitive).
@@ -205,8 +242,11 @@ async fn track_metrics(request: Request, next: Next) -> Response {
         (status = 200, description = "One result per event, in order", body = Vec<EventResultJson>),
         (status = 400, description = "Bad input; nothing was submitted", body = ErrorBody),
         (status = 401, description = "Missing or wrong API token", body = ErrorBody),
+        (status = 307, description = "Not the leader: nothing was accepted; send the same request to \
+                                       the leader (Location; the body names its id)", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 503, description = "Busy (Retry-After): nothing was accepted", body = ErrorBody),
+        (status = 503, description = "Busy, or no leader known (Retry-After): nothing was accepted; \
+                                       or this node diverged (no Retry-After)", body = ErrorBody),
     )
 )]
 async fn create_accounts(
@@ -230,8 +270,11 @@ async fn create_accounts(
         (status = 200, description = "One result per event, in order", body = Vec<EventResultJson>),
         (status = 400, description = "Bad input; nothing was submitted", body = ErrorBody),
         (status = 401, description = "Missing or wrong API token", body = ErrorBody),
+        (status = 307, description = "Not the leader: nothing was accepted; send the same request to \
+                                       the leader (Location; the body names its id)", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 503, description = "Busy (Retry-After): nothing was accepted", body = ErrorBody),
+        (status = 503, description = "Busy, or no leader known (Retry-After): nothing was accepted; \
+                                       or this node diverged (no Retry-After)", body = ErrorBody),
     )
 )]
 async fn create_transfers(
@@ -352,16 +395,46 @@ async fn submit(
     }
 }
 
-async fn read<T, F>(node: &Node, query: F) -> Result<T, ApiError>
+/// A read: linearizable (confirmed with the leader; a follower redirects to it) unless `stale`,
+/// which serves this node's applied state as it is.
+async fn read<T, F>(node: &Node, stale: bool, query: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce(&tally_engine::Ledger) -> T + Send + 'static,
 {
     let timeout = Duration::from_millis(READ_TIMEOUT_MS);
-    match tokio::time::timeout(timeout, node.read(query)).await {
+    let outcome = if stale {
+        tokio::time::timeout(timeout, node.read_local(query)).await
+    } else {
+        tokio::time::timeout(timeout, node.read(query)).await
+    };
+    match outcome {
         Ok(outcome) => Ok(outcome?),
         Err(_elapsed) => Err(ApiError::timed_out()),
     }
+}
+
+/// The query of a single lookup.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ReadQuery {
+    /// `true`: answer from this node's applied state without asking the leader (may be stale;
+    /// served by followers too). Default `false`: linearizable, a follower redirects (307).
+    stale: Option<String>,
+}
+
+fn parse_stale(text: Option<&str>) -> Result<bool, ApiError> {
+    match text {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(InputError::field("stale", "must be true or false").into()),
+    }
+}
+
+fn read_query(query: Result<Query<ReadQuery>, QueryRejection>) -> Result<bool, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    parse_stale(query.stale.as_deref())
 }
 
 fn path_id(text: &str) -> Result<u128, ApiError> {
@@ -372,9 +445,10 @@ fn path_id(text: &str) -> Result<u128, ApiError> {
 #[utoipa::path(
     get,
     path = "/v1/accounts/{id}",
-    params(("id" = String, Path, description = "Account id (u128, decimal)")),
+    params(("id" = String, Path, description = "Account id (u128, decimal)"), ReadQuery),
     responses(
         (status = 200, body = AccountJson),
+        (status = 307, description = "Not the leader: the same request to the leader (Location)", body = ErrorBody),
         (status = 400, description = "Bad id", body = ErrorBody),
         (status = 404, description = "No such account", body = ErrorBody),
     )
@@ -382,9 +456,14 @@ fn path_id(text: &str) -> Result<u128, ApiError> {
 async fn get_account(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    query: Result<Query<ReadQuery>, QueryRejection>,
 ) -> Result<Json<AccountJson>, ApiError> {
     let id = path_id(&id)?;
-    let accounts = read(&state.node, move |ledger| ledger.lookup_accounts(&[id])).await?;
+    let stale = read_query(query)?;
+    let accounts = read(&state.node, stale, move |ledger| {
+        ledger.lookup_accounts(&[id])
+    })
+    .await?;
     match accounts.first() {
         Some(account) => Ok(Json(AccountJson::from(account))),
         None => Err(ApiError::not_found(format!("account {id} not found"))),
@@ -395,9 +474,10 @@ async fn get_account(
 #[utoipa::path(
     get,
     path = "/v1/transfers/{id}",
-    params(("id" = String, Path, description = "Transfer id (u128, decimal)")),
+    params(("id" = String, Path, description = "Transfer id (u128, decimal)"), ReadQuery),
     responses(
         (status = 200, body = TransferJson),
+        (status = 307, description = "Not the leader: the same request to the leader (Location)", body = ErrorBody),
         (status = 400, description = "Bad id", body = ErrorBody),
         (status = 404, description = "No such transfer", body = ErrorBody),
     )
@@ -405,9 +485,14 @@ async fn get_account(
 async fn get_transfer(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    query: Result<Query<ReadQuery>, QueryRejection>,
 ) -> Result<Json<TransferJson>, ApiError> {
     let id = path_id(&id)?;
-    let transfers = read(&state.node, move |ledger| ledger.lookup_transfers(&[id])).await?;
+    let stale = read_query(query)?;
+    let transfers = read(&state.node, stale, move |ledger| {
+        ledger.lookup_transfers(&[id])
+    })
+    .await?;
     match transfers.first() {
         Some(transfer) => Ok(Json(TransferJson::from(transfer))),
         None => Err(ApiError::not_found(format!("transfer {id} not found"))),
@@ -429,14 +514,18 @@ pub struct FilterQuery {
     direction: Option<String>,
     /// `asc` (oldest first, default) or `desc`.
     order: Option<String>,
+    /// `true`: answer from this node's applied state without asking the leader (may be stale).
+    stale: Option<String>,
 }
 
+/// The filter and whether the read may be stale.
 fn account_filter(
     id: &str,
     query: Result<Query<FilterQuery>, QueryRejection>,
-) -> Result<AccountFilter, ApiError> {
+) -> Result<(AccountFilter, bool), ApiError> {
     let account_id = path_id(id)?;
     let Query(query) = query.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    let stale = parse_stale(query.stale.as_deref())?;
     let number = |name: &str, text: &Option<String>, max: u128| -> Result<u128, ApiError> {
         let Some(text) = text else { return Ok(0) };
         let value = json::parse_u128(text).map_err(|problem| InputError::field(name, &problem))?;
@@ -473,13 +562,14 @@ fn account_filter(
         Some("desc") => AccountFilter::REVERSED,
         Some(_) => return Err(InputError::field("order", "must be asc or desc").into()),
     };
-    Ok(AccountFilter {
+    let filter = AccountFilter {
         account_id,
         timestamp_min,
         timestamp_max,
         limit,
         flags: direction | order,
-    })
+    };
+    Ok((filter, stale))
 }
 
 /// An account's transfers, filtered by time, direction and limit.
@@ -497,8 +587,8 @@ async fn get_account_transfers(
     Path(id): Path<String>,
     query: Result<Query<FilterQuery>, QueryRejection>,
 ) -> Result<Json<Vec<TransferJson>>, ApiError> {
-    let filter = account_filter(&id, query)?;
-    let transfers = read(&state.node, move |ledger| {
+    let (filter, stale) = account_filter(&id, query)?;
+    let transfers = read(&state.node, stale, move |ledger| {
         ledger.get_account_transfers(&filter)
     })
     .await?;
@@ -520,8 +610,8 @@ async fn get_account_balances(
     Path(id): Path<String>,
     query: Result<Query<FilterQuery>, QueryRejection>,
 ) -> Result<Json<Vec<BalanceJson>>, ApiError> {
-    let filter = account_filter(&id, query)?;
-    let balances = read(&state.node, move |ledger| {
+    let (filter, stale) = account_filter(&id, query)?;
+    let balances = read(&state.node, stale, move |ledger| {
         ledger.get_account_balances(&filter)
     })
     .await?;
@@ -551,14 +641,17 @@ async fn status(State(state): State<AppState>) -> Result<Json<StatusJson>, ApiEr
     }))
 }
 
-/// 200 when this node is serving (it knows a leader), 503 otherwise.
+/// 200 when this node is serving (it knows a leader and has not diverged), 503 otherwise.
 #[utoipa::path(get, path = "/healthz", security(()), responses((status = 200), (status = 503)))]
 async fn healthz(State(state): State<AppState>) -> Response {
     let node_status = state.node.status();
     let mut body = BTreeMap::new();
     body.insert("state", serde_json::Value::from(node_status.state));
     body.insert("leader_id", serde_json::json!(node_status.leader_id));
-    if node_status.leader_id.is_some() {
+    if node_status.divergence.is_some() {
+        body.insert("status", "diverged".into());
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    } else if node_status.leader_id.is_some() {
         body.insert("status", "ok".into());
         (StatusCode::OK, Json(body)).into_response()
     } else {

@@ -5,7 +5,9 @@
 //! error that says whether anything may have been accepted.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cli;
+pub mod cluster;
 pub mod error;
 pub mod http;
 pub mod json;

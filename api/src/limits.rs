@@ -33,3 +33,15 @@ pub const CLIENT_TIMEOUT_MS: u64 = 30_000;
 const _: () = assert!(JSON_BODY_SIZE_MAX >= BINARY_BODY_SIZE_MAX);
 const _: () = assert!(READ_TIMEOUT_MS <= SUBMIT_TIMEOUT_MS);
 const _: () = assert!(SUBMIT_TIMEOUT_MS <= CLIENT_TIMEOUT_MS);
+
+/// How many `307` redirects (follower → leader) the CLI follows for one request.
+pub const CLIENT_REDIRECTS_MAX: usize = 5;
+
+/// How long adding a learner may take (it waits until the learner has caught up).
+pub const ADMIN_LEARNER_TIMEOUT_MS: u64 = 120_000;
+
+/// How long any other membership change or a leadership transfer may take.
+pub const ADMIN_CHANGE_TIMEOUT_MS: u64 = 30_000;
+
+/// How long `POST /v1/cluster/leader` waits to see the new leader take over.
+pub const LEADER_TRANSFER_WAIT_MS: u64 = 5_000;

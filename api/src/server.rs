@@ -1,4 +1,5 @@
-//! `tally start`: one node (a one-member Raft cluster) behind the HTTP API.
+//! `tally start`: one node behind the HTTP API, alone (a one-member Raft cluster) or a member of
+//! a cluster.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,7 +12,9 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tally_raft::node::Node;
 use tally_raft::node::NodeConfig;
+use tally_raft::types::NodeInfo;
 
+use crate::cluster::NodeSettings;
 use crate::http::AppState;
 use crate::limits::LEADER_WAIT_TIMEOUT_MS;
 use crate::limits::METRICS_UPKEEP_INTERVAL_MS;
@@ -21,10 +24,13 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub http_addr: SocketAddr,
     pub api_token: Option<String>,
+    /// Node id, peers, cluster secret, timing (the defaults: a lone node).
+    pub node: NodeSettings,
 }
 
 /// Refuses configurations that would expose an unauthenticated ledger.
 pub fn check_config(config: &ServerConfig) -> anyhow::Result<()> {
+    config.node.check()?;
     if let Some(token) = &config.api_token {
         anyhow::ensure!(
             !token.is_empty(),
@@ -78,18 +84,37 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.http_addr))?;
     let local_addr = listener.local_addr()?;
-    let node = Node::start(NodeConfig::single(
-        config.data_dir.clone(),
-        format!("http://{local_addr}"),
-    ))
-    .await
-    .with_context(|| format!("cannot start the node on {}", config.data_dir.display()))?;
-    if !node
-        .wait_for_leader(Duration::from_millis(LEADER_WAIT_TIMEOUT_MS))
+    let node = Node::start(node_config(&config, local_addr))
         .await
-    {
-        tracing::warn!(
-            "no leader after {LEADER_WAIT_TIMEOUT_MS} ms; serving anyway (/healthz answers 503)"
+        .with_context(|| format!("cannot start the node on {}", config.data_dir.display()))?;
+    if !config.node.clustered() {
+        if !node
+            .wait_for_leader(Duration::from_millis(LEADER_WAIT_TIMEOUT_MS))
+            .await
+        {
+            tracing::warn!(
+                "no leader after {LEADER_WAIT_TIMEOUT_MS} ms; serving anyway (/healthz answers 503)"
+            );
+        }
+    } else {
+        // A member serves at once: writes are redirected to the leader once one is known, and
+        // /healthz answers 503 until then.
+        let settings = &config.node;
+        eprintln!(
+            "tally: node {} ({}), peers on {}, {}",
+            settings.node_id,
+            settings.own_region(),
+            settings
+                .raft_listen
+                .map_or_else(|| "-".to_owned(), |address| address.to_string()),
+            if settings.join {
+                "waiting to be added to a cluster (--join)".to_owned()
+            } else {
+                format!(
+                    "initial members {:?}",
+                    settings.peers.keys().collect::<Vec<_>>()
+                )
+            }
         );
     }
     let state = AppState {
@@ -116,6 +141,39 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     eprintln!("tally: shutting down");
     node.shutdown().await;
     Ok(())
+}
+
+/// The node's configuration: the defaults of a lone node, or a cluster member's.
+pub fn node_config(config: &ServerConfig, local_addr: SocketAddr) -> NodeConfig {
+    let settings = &config.node;
+    let mut node = NodeConfig::single(config.data_dir.clone(), format!("http://{local_addr}"));
+    node.node_id = settings.node_id;
+    node.heartbeat_interval_ms = settings.heartbeat_ms;
+    (node.election_timeout_min_ms, node.election_timeout_max_ms) = settings.election_timeout_ms;
+    node.checkpoint_every_entries = settings.checkpoint_every;
+    node.info.region = settings.own_region();
+    if settings.clustered() {
+        node.info = match settings.peers.get(&settings.node_id) {
+            Some(info) => info.clone(),
+            None => NodeInfo {
+                raft_addr: settings
+                    .raft_listen
+                    .map(|address| address.to_string())
+                    .unwrap_or_default(),
+                http_addr: format!("http://{local_addr}"),
+                region: settings.own_region(),
+            },
+        };
+        node.initial_members = settings.peers.clone();
+        node.join = settings.join;
+        node.raft_listen = settings.raft_listen;
+        node.cluster_secret = settings
+            .cluster_secret
+            .clone()
+            .unwrap_or_default()
+            .into_bytes();
+    }
+    node
 }
 
 async fn shutdown_signal() {
@@ -155,6 +213,7 @@ mod tests {
             data_dir: PathBuf::from("unused"),
             http_addr: address.parse().unwrap(),
             api_token: token.map(str::to_owned),
+            node: NodeSettings::default(),
         };
         assert!(check_config(&config("127.0.0.1:3000", None)).is_ok());
         assert!(check_config(&config("[::1]:3000", None)).is_ok());

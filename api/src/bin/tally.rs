@@ -11,11 +11,8 @@ use tally_api::server::ServerConfig;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match &cli.command {
-        Command::Start { data_dir, http } => start(ServerConfig {
-            data_dir: data_dir.clone(),
-            http_addr: *http,
-            api_token: cli.api_token.clone(),
-        }),
+        Command::Start(args) => args.to_config(cli.api_token.clone()).and_then(start),
+        Command::Replay(args) => return tally_sim::replay::main(args),
         _ => tally_api::cli::run_client(&cli),
     };
     match outcome {
