@@ -281,21 +281,13 @@ fn account_from_object(object: &Map<String, Value>, index: usize) -> Result<Acco
             "credits_pending" => account.credits_pending = u128_from(value).map_err(at)?,
             "credits_posted" => account.credits_posted = u128_from(value).map_err(at)?,
             "user_data_128" => account.user_data_128 = u128_from(value).map_err(at)?,
-            "user_data_64" => {
-                account.user_data_64 = narrow(value, u64::MAX as u128, "u64").map_err(at)? as u64
-            }
-            "user_data_32" => {
-                account.user_data_32 = narrow(value, u32::MAX as u128, "u32").map_err(at)? as u32
-            }
-            "reserved" => {
-                account.reserved = narrow(value, u32::MAX as u128, "u32").map_err(at)? as u32
-            }
-            "ledger" => account.ledger = narrow(value, u32::MAX as u128, "u32").map_err(at)? as u32,
-            "code" => account.code = narrow(value, u16::MAX as u128, "u16").map_err(at)? as u16,
+            "user_data_64" => account.user_data_64 = uint_from::<u64>(value).map_err(at)?,
+            "user_data_32" => account.user_data_32 = uint_from::<u32>(value).map_err(at)?,
+            "reserved" => account.reserved = uint_from::<u32>(value).map_err(at)?,
+            "ledger" => account.ledger = uint_from::<u32>(value).map_err(at)?,
+            "code" => account.code = uint_from::<u16>(value).map_err(at)?,
             "flags" => account.flags = flags_from(value, AccountFlags::NAMED).map_err(at)?,
-            "timestamp" => {
-                account.timestamp = narrow(value, u64::MAX as u128, "u64").map_err(at)? as u64
-            }
+            "timestamp" => account.timestamp = uint_from::<u64>(value).map_err(at)?,
             _ => {
                 return Err(at(format!(
                     "is not a field of an account (fields: {ACCOUNT_FIELDS})"
@@ -321,23 +313,13 @@ fn transfer_from_object(object: &Map<String, Value>, index: usize) -> Result<Tra
             "amount" => transfer.amount = u128_from(value).map_err(at)?,
             "pending_id" => transfer.pending_id = u128_from(value).map_err(at)?,
             "user_data_128" => transfer.user_data_128 = u128_from(value).map_err(at)?,
-            "user_data_64" => {
-                transfer.user_data_64 = narrow(value, u64::MAX as u128, "u64").map_err(at)? as u64
-            }
-            "user_data_32" => {
-                transfer.user_data_32 = narrow(value, u32::MAX as u128, "u32").map_err(at)? as u32
-            }
-            "timeout" => {
-                transfer.timeout = narrow(value, u32::MAX as u128, "u32").map_err(at)? as u32
-            }
-            "ledger" => {
-                transfer.ledger = narrow(value, u32::MAX as u128, "u32").map_err(at)? as u32
-            }
-            "code" => transfer.code = narrow(value, u16::MAX as u128, "u16").map_err(at)? as u16,
+            "user_data_64" => transfer.user_data_64 = uint_from::<u64>(value).map_err(at)?,
+            "user_data_32" => transfer.user_data_32 = uint_from::<u32>(value).map_err(at)?,
+            "timeout" => transfer.timeout = uint_from::<u32>(value).map_err(at)?,
+            "ledger" => transfer.ledger = uint_from::<u32>(value).map_err(at)?,
+            "code" => transfer.code = uint_from::<u16>(value).map_err(at)?,
             "flags" => transfer.flags = flags_from(value, TransferFlags::NAMED).map_err(at)?,
-            "timestamp" => {
-                transfer.timestamp = narrow(value, u64::MAX as u128, "u64").map_err(at)? as u64
-            }
+            "timestamp" => transfer.timestamp = uint_from::<u64>(value).map_err(at)?,
             _ => {
                 return Err(at(format!(
                     "is not a field of a transfer (fields: {TRANSFER_FIELDS})"
@@ -393,16 +375,33 @@ pub fn parse_u128(text: &str) -> Result<u128, String> {
         .map_err(|_| format!("is out of range (the largest value is {})", u128::MAX))
 }
 
-/// An integer field narrower than u128: `max` is its largest value, `type_label` its name.
-fn narrow(value: &Value, max: u128, type_label: &str) -> Result<u128, String> {
+/// An unsigned integer field of type `T` (`u16`, `u32`, `u64`), range-checked.
+fn uint_from<T: TryFrom<u128> + Bounded>(value: &Value) -> Result<T, String> {
     let wide = u128_from(value)?;
-    if wide > max {
-        return Err(format!(
-            "is out of range for a {type_label} (the largest value is {max}), got {wide}"
-        ));
-    }
-    Ok(wide)
+    T::try_from(wide).map_err(|_| {
+        format!(
+            "is out of range for a {} (the largest value is {}), got {wide}",
+            T::LABEL,
+            T::MAX_WIDE
+        )
+    })
 }
+
+/// What an error about an unsigned field says of its type.
+trait Bounded {
+    const LABEL: &'static str;
+    const MAX_WIDE: u128;
+}
+
+macro_rules! bounded {
+    ($($t:ty),*) => {$(
+        impl Bounded for $t {
+            const LABEL: &'static str = stringify!($t);
+            const MAX_WIDE: u128 = <$t>::MAX as u128;
+        }
+    )*};
+}
+bounded!(u16, u32, u64);
 
 fn flags_from(value: &Value, named: &[(u16, &str)]) -> Result<u16, String> {
     let Value::Array(items) = value else {
