@@ -3,9 +3,19 @@
 
 use clap::{Parser, Subcommand};
 
+mod compare;
+mod driver;
 mod engine;
+mod http;
 mod journal;
+mod load;
+mod memory;
+mod postgres;
+mod process;
+mod report;
 mod server;
+mod stats;
+mod workload;
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +35,16 @@ enum Command {
     Journal(journal::Args),
     /// A real `tally start` process driven over loopback HTTP.
     Server(server::Args),
+    /// Load against a running node or cluster (workloads, open or closed loop), then verify.
+    Load(load::Args),
+    /// The same uniform and hot workloads against PostgreSQL (durable settings).
+    Postgres(postgres::Args),
+    /// Tally (one node, binary batches) and PostgreSQL one after the other, same run.
+    Compare(compare::Args),
+    /// The server's peak RSS per million accounts and per million transfers.
+    Memory(memory::Args),
+    /// bench/results/REPORT.md and its plots from the JSON results.
+    Report(report::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,5 +53,10 @@ fn main() -> anyhow::Result<()> {
         Command::Engine(args) => engine::run(args),
         Command::Journal(args) => journal::run(args),
         Command::Server(args) => server::run(args),
+        Command::Load(args) => load::run(args),
+        Command::Postgres(args) => postgres::run(args),
+        Command::Compare(args) => compare::run(args),
+        Command::Memory(args) => memory::run(args),
+        Command::Report(args) => report::run(args),
     }
 }

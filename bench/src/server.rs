@@ -6,41 +6,33 @@
 //! what one client sees. Prints a table, then the figures as one JSON line, last.
 //!
 //! The server binary is `tally` next to this benchmark's own executable (the same target
-//! directory); when it is missing, `cargo build --release --bin tally` is run first.
+//! directory); when it is missing, `cargo build --release --bin tally` is run first
+//! (`process::locate_tally`). The process and the client are shared with `load` and `compare`.
 
-use std::fs::File;
-use std::path::Path;
 use std::path::PathBuf;
-use std::process::Child;
-use std::process::Command;
-use std::process::Stdio;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
-use anyhow::Context;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::BodyExt;
-use http_body_util::Full;
-use hyper::client::conn::http1::SendRequest;
-use hyper::Request;
-use hyper_util::rt::TokioIo;
 use rand::Rng;
 use rand::SeedableRng;
 use tally_engine::limits::BATCH_EVENTS_MAX;
 use tally_engine::Account;
-use tally_engine::EventResult;
 use tally_engine::Transfer;
-use zerocopy::FromBytes;
 use zerocopy::IntoBytes;
 
-/// How long the server may take to become healthy.
-const START_TIMEOUT_MS: u64 = 30_000;
+use crate::http;
+use crate::http::Client;
+use crate::process;
+use crate::process::ServerProcess;
+use crate::stats;
+
 /// Latencies are recorded in microseconds up to this bound.
-const LATENCY_MAX_MICROSECONDS: u64 = 60_000_000;
+const LATENCY_MAX_MICROSECONDS: u64 = stats::LATENCY_MAX_MICROSECONDS;
 const ACCOUNTS_COUNT: u64 = 10_000;
 const LEDGER: u32 = 1;
 
@@ -77,7 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     let tally = match &args.tally {
         Some(path) => path.clone(),
-        None => locate_tally()?,
+        None => process::locate_tally()?,
     };
     let directory = tempfile::tempdir()?;
     let mut server = ServerProcess::start(&tally, directory.path())?;
@@ -93,167 +85,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn locate_tally() -> anyhow::Result<PathBuf> {
-    let candidate = std::env::current_exe()?
-        .parent()
-        .context("the benchmark executable has no directory")?
-        .join("tally");
-    if !candidate.exists() {
-        eprintln!("building the server: cargo build --release --bin tally");
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "--bin", "tally"])
-            .status()
-            .context("running cargo build")?;
-        anyhow::ensure!(status.success(), "cargo build --release --bin tally failed");
-    }
-    anyhow::ensure!(
-        candidate.exists(),
-        "no tally binary at {}; pass --tally PATH",
-        candidate.display()
-    );
-    Ok(candidate)
-}
-
-struct ServerProcess {
-    child: Option<Child>,
-    address: String,
-}
-
-impl ServerProcess {
-    fn start(tally: &Path, directory: &Path) -> anyhow::Result<ServerProcess> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let address = format!("127.0.0.1:{port}");
-        let log = File::create(directory.join("server.log"))?;
-        let child = Command::new(tally)
-            .arg("start")
-            .arg("--data-dir")
-            .arg(directory.join("data"))
-            .arg("--http")
-            .arg(&address)
-            .env("RUST_LOG", "warn")
-            .env_remove("TALLY_API_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .with_context(|| format!("starting {}", tally.display()))?;
-        let mut server = ServerProcess {
-            child: Some(child),
-            address,
-        };
-        server.wait_healthy(directory)?;
-        Ok(server)
-    }
-
-    fn wait_healthy(&mut self, directory: &Path) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
-        while Instant::now() < deadline {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|child| child.try_wait().ok().flatten())
-            {
-                let log = std::fs::read_to_string(directory.join("server.log")).unwrap_or_default();
-                anyhow::bail!("the server exited with {status}:\n{log}");
-            }
-            if healthz(&self.address) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        anyhow::bail!("the server was not healthy within {START_TIMEOUT_MS} ms")
-    }
-
-    /// VmHWM: the server's peak resident set.
-    fn peak_rss_bytes(&self) -> anyhow::Result<u64> {
-        let pid = self.child.as_ref().context("server not running")?.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let line = status
-            .lines()
-            .find(|line| line.starts_with("VmHWM:"))
-            .context("no VmHWM in /proc/PID/status")?;
-        let kilobytes: u64 = line
-            .trim_start_matches("VmHWM:")
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()?;
-        Ok(kilobytes * 1024)
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn healthz(address: &str) -> bool {
-    use std::io::Read;
-    use std::io::Write;
-    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    let request = format!("GET /healthz HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer.starts_with("HTTP/1.1 200")
-}
-
-async fn connect(address: &str) -> anyhow::Result<SendRequest<Full<Bytes>>> {
-    let stream = tokio::net::TcpStream::connect(address).await?;
-    stream.set_nodelay(true)?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(sender)
-}
-
 /// One request; returns the status and the whole body.
 async fn send(
-    sender: &mut SendRequest<Full<Bytes>>,
-    address: &str,
+    client: &mut Client,
     path: &str,
     content_type: &str,
     body: Bytes,
 ) -> anyhow::Result<(u16, Bytes)> {
-    sender.ready().await?;
-    let request = Request::post(path)
-        .header("Host", address)
-        .header("Content-Type", content_type)
-        .body(Full::new(body))?;
-    let response = sender.send_request(request).await?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, body))
+    let answer = client
+        .post(path, content_type, body)
+        .await
+        .map_err(|error| anyhow::anyhow!("POST {path}: {}", error.kind()))?;
+    Ok((answer.status, answer.body))
 }
 
 struct Phase {
@@ -325,7 +168,7 @@ async fn drive(args: &Args, address: String) -> anyhow::Result<Vec<Phase>> {
 }
 
 async fn create_accounts(address: &str) -> anyhow::Result<()> {
-    let mut sender = connect(address).await?;
+    let mut sender = Client::new(address, None)?;
     let ids: Vec<u64> = (1..=ACCOUNTS_COUNT).collect();
     for chunk in ids.chunks(BATCH_EVENTS_MAX) {
         let accounts: Vec<Account> = chunk
@@ -340,14 +183,13 @@ async fn create_accounts(address: &str) -> anyhow::Result<()> {
         let body = Bytes::from(accounts.as_bytes().to_vec());
         let (status, answer) = send(
             &mut sender,
-            address,
             "/v1/accounts",
             "application/octet-stream",
             body,
         )
         .await?;
         anyhow::ensure!(status == 200, "creating accounts: {status}");
-        let results = decode_results(&answer)?;
+        let results = http::decode_results(&answer)?;
         anyhow::ensure!(
             results.iter().all(|result| result.status == 0),
             "an account was not created"
@@ -402,7 +244,7 @@ async fn client(
     next_id: &AtomicU64,
     deadline: tokio::time::Instant,
 ) -> anyhow::Result<(Tally, Histogram<u64>)> {
-    let mut sender = connect(address).await?;
+    let mut sender = Client::new(address, None)?;
     let mut random = rand_chacha::ChaCha8Rng::seed_from_u64(connection);
     let mut latency = Histogram::<u64>::new_with_bounds(1, LATENCY_MAX_MICROSECONDS, 3)?;
     let mut tally = Tally::default();
@@ -432,11 +274,13 @@ async fn client(
                 "application/octet-stream",
                 Bytes::from(transfers.as_bytes().to_vec()),
             ),
-            Kind::Json { .. } => ("application/json", Bytes::from(json_body(&transfers))),
+            Kind::Json { .. } => (
+                "application/json",
+                Bytes::from(http::json_transfers(&transfers)),
+            ),
         };
         let sent = Instant::now();
-        let (status, answer) =
-            send(&mut sender, address, "/v1/transfers", content_type, body).await?;
+        let (status, answer) = send(&mut sender, "/v1/transfers", content_type, body).await?;
         let elapsed = sent.elapsed();
         tally.requests += 1;
         match status {
@@ -463,48 +307,10 @@ async fn client(
     Ok((tally, latency))
 }
 
-fn json_body(transfers: &[Transfer]) -> Vec<u8> {
-    use std::fmt::Write;
-    let mut body = String::with_capacity(transfers.len() * 120);
-    body.push('[');
-    for (index, transfer) in transfers.iter().enumerate() {
-        if index > 0 {
-            body.push(',');
-        }
-        let _ = write!(
-            body,
-            r#"{{"id":"{}","debit_account_id":"{}","credit_account_id":"{}","amount":"{}","ledger":{},"code":{}}}"#,
-            transfer.id,
-            transfer.debit_account_id,
-            transfer.credit_account_id,
-            transfer.amount,
-            transfer.ledger,
-            transfer.code
-        );
-    }
-    body.push(']');
-    body.into_bytes()
-}
-
-/// Binary results, copied out record by record: a response body has no alignment guarantee.
-fn decode_results(answer: &[u8]) -> anyhow::Result<Vec<EventResult>> {
-    anyhow::ensure!(
-        answer.len() % 16 == 0,
-        "{} bytes of results is not whole 16-byte records",
-        answer.len()
-    );
-    answer
-        .chunks_exact(16)
-        .map(|record| {
-            EventResult::read_from_bytes(record).map_err(|_| anyhow::anyhow!("bad result record"))
-        })
-        .collect()
-}
-
 fn count_ok(kind: Kind, answer: &[u8]) -> anyhow::Result<u64> {
     match kind {
         Kind::Binary => {
-            let results = decode_results(answer)?;
+            let results = http::decode_results(answer)?;
             Ok(results.iter().filter(|result| result.status == 0).count() as u64)
         }
         Kind::Json { .. } => {

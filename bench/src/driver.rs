@@ -1,0 +1,362 @@
+//! The load loop shared by every system under test: connections, each with its own generator,
+//! sending batches open-loop (each request due at a time fixed in advance; latency counted from
+//! that time, so a slow answer cannot hide the requests queued behind it) or closed-loop (the
+//! next request as soon as the previous answer is in; latency counted from the send).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::IsTerminal;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tally_engine::Transfer;
+use tokio::time::Instant;
+
+use crate::stats;
+use crate::stats::RunResult;
+use crate::workload::Batch;
+use crate::workload::Generator;
+use crate::workload::Layout;
+use crate::workload::Outcome;
+use crate::workload::Sampler;
+use crate::workload::Schedule;
+use crate::workload::Workload;
+
+/// After the run's end, a request still being retried (busy, unknown outcome) is given up after
+/// this long and counted as an unknown outcome.
+pub(crate) const DRAIN_GRACE_MS: u64 = 30_000;
+/// First and largest pause before resending a request that found the server busy.
+const BUSY_BACKOFF_FIRST_MS: u64 = 1;
+const BUSY_BACKOFF_MAX_MS: u64 = 100;
+/// How often the progress bar is redrawn.
+const PROGRESS_INTERVAL_MS: u64 = 250;
+
+/// What one attempt at a request came to.
+pub(crate) enum Attempt {
+    /// One result code per event.
+    Answered(Vec<u32>),
+    /// Refused before anything was accepted (busy, no leader, not connected): send it again.
+    Busy(String),
+    /// No answer, or an answer saying the outcome is unknown: send it again, same ids.
+    Unknown(String),
+    /// Refused for good (a 4xx): nothing was accepted; the batch is dropped.
+    Refused(String),
+}
+
+/// A system under test, one per connection.
+pub(crate) trait Backend: Send + 'static {
+    fn submit(&mut self, transfers: &[Transfer]) -> impl Future<Output = Attempt> + Send;
+}
+
+/// How a run sends.
+#[derive(Clone)]
+pub(crate) struct Plan {
+    pub(crate) workload: Workload,
+    pub(crate) layout: Layout,
+    pub(crate) seed: u64,
+    pub(crate) connections: usize,
+    /// Events per request at most.
+    pub(crate) batch_events: usize,
+    /// Operations per request at most (1 for single requests).
+    pub(crate) operations_max: usize,
+    pub(crate) duration: Duration,
+    /// Open loop: when each request is due. Closed loop: `None`.
+    pub(crate) schedule: Option<Schedule>,
+    /// Acknowledged transfers kept for verification, at most.
+    pub(crate) sample_max: usize,
+}
+
+/// What every connection's work added up to.
+pub(crate) struct Totals {
+    pub(crate) requests: u64,
+    pub(crate) outcome: Outcome,
+    pub(crate) errors: BTreeMap<String, u64>,
+    pub(crate) unknown_outcomes: u64,
+    pub(crate) latency: Histogram<u64>,
+    pub(crate) throughput_per_second: Vec<u64>,
+    pub(crate) elapsed: Duration,
+    pub(crate) sample: Vec<Transfer>,
+    pub(crate) acknowledged: u64,
+}
+
+impl Totals {
+    /// The result of a run, without verification and memory figures.
+    pub(crate) fn result(&self, system: &str, mode: &str, plan: &Plan) -> RunResult {
+        let seconds = self.elapsed.as_secs_f64();
+        RunResult {
+            system: system.to_owned(),
+            workload: plan.workload.name().to_owned(),
+            mode: mode.to_owned(),
+            loop_kind: if plan.schedule.is_some() {
+                "open"
+            } else {
+                "closed"
+            }
+            .to_owned(),
+            rate_target: None,
+            connections: plan.connections,
+            batch_events: plan.batch_events,
+            duration_s: stats::round_ms(seconds),
+            requests: self.requests,
+            transfers_ok: self.outcome.transfers_ok,
+            transfers_per_second: (self.outcome.transfers_ok as f64 / seconds).round(),
+            p50_ms: stats::quantile_ms(&self.latency, 0.5),
+            p99_ms: stats::quantile_ms(&self.latency, 0.99),
+            p999_ms: stats::quantile_ms(&self.latency, 0.999),
+            max_ms: stats::max_ms(&self.latency),
+            results: self
+                .outcome
+                .results
+                .iter()
+                .map(|(code, count)| (stats::result_name(*code), *count))
+                .collect(),
+            errors: self.errors.clone(),
+            unknown_outcomes: self.unknown_outcomes,
+            verification: None,
+            server_peak_rss_bytes: None,
+            accounts: plan.layout.accounts_count + 1,
+            load_average: stats::load_average(),
+            unix_time_s: stats::unix_time_s(),
+            throughput_per_second: self.throughput_per_second.clone(),
+            latency_histogram: stats::buckets(&self.latency),
+        }
+    }
+}
+
+/// Live counters for the progress bar.
+#[derive(Default)]
+struct Live {
+    transfers_ok: AtomicU64,
+    errors: AtomicU64,
+}
+
+struct Worker {
+    requests: u64,
+    outcome: Outcome,
+    errors: BTreeMap<String, u64>,
+    unknown_outcomes: u64,
+    latency: Histogram<u64>,
+    per_second: Vec<u64>,
+    sampler: Sampler,
+}
+
+/// Runs `plan` with one backend per connection; `label` names the progress bar.
+pub(crate) async fn run<B: Backend>(
+    plan: &Plan,
+    backends: Vec<B>,
+    label: &str,
+) -> anyhow::Result<Totals> {
+    assert_eq!(backends.len(), plan.connections);
+    let start = Instant::now();
+    let next_due = Arc::new(AtomicU64::new(0));
+    let live = Arc::new(Live::default());
+    let done = Arc::new(AtomicBool::new(false));
+    let progress = tokio::spawn(show_progress(
+        label.to_owned(),
+        plan.duration,
+        Arc::clone(&live),
+        Arc::clone(&done),
+    ));
+    let mut tasks = Vec::new();
+    for (connection, backend) in backends.into_iter().enumerate() {
+        let generator =
+            Generator::new(plan.workload, plan.layout, connection as u64 + 1, plan.seed);
+        let plan = plan.clone();
+        let next_due = Arc::clone(&next_due);
+        let live = Arc::clone(&live);
+        tasks.push(tokio::spawn(async move {
+            work(
+                &plan, backend, generator, connection, start, &next_due, &live,
+            )
+            .await
+        }));
+    }
+    let mut workers = Vec::new();
+    for task in tasks {
+        workers.push(task.await?);
+    }
+    let elapsed = start.elapsed();
+    done.store(true, Ordering::Relaxed);
+    progress.await?;
+    Ok(combine(workers, plan, elapsed))
+}
+
+fn combine(workers: Vec<Worker>, plan: &Plan, elapsed: Duration) -> Totals {
+    let mut latency = stats::new_histogram();
+    let mut outcome = Outcome::default();
+    let mut errors = BTreeMap::new();
+    let mut requests = 0;
+    let mut unknown_outcomes = 0;
+    let seconds = elapsed.as_secs() as usize + 1;
+    let mut throughput_per_second = vec![0u64; seconds];
+    let mut samplers = Vec::new();
+    for worker in workers {
+        latency.add(&worker.latency).expect("same histogram bounds");
+        outcome.merge(&worker.outcome);
+        for (kind, count) in worker.errors {
+            *errors.entry(kind).or_default() += count;
+        }
+        requests += worker.requests;
+        unknown_outcomes += worker.unknown_outcomes;
+        for (second, count) in worker.per_second.iter().enumerate() {
+            throughput_per_second[second.min(seconds - 1)] += count;
+        }
+        samplers.push(worker.sampler);
+    }
+    // The last second is usually partial (the drain): keep it, it is what happened.
+    while throughput_per_second.len() > 1 && throughput_per_second.last() == Some(&0) {
+        throughput_per_second.pop();
+    }
+    let (sample, acknowledged) = Sampler::merge(samplers, plan.sample_max, plan.seed);
+    Totals {
+        requests,
+        outcome,
+        errors,
+        unknown_outcomes,
+        latency,
+        throughput_per_second,
+        elapsed,
+        sample,
+        acknowledged,
+    }
+}
+
+async fn work<B: Backend>(
+    plan: &Plan,
+    mut backend: B,
+    mut generator: Generator,
+    connection: usize,
+    start: Instant,
+    next_due: &AtomicU64,
+    live: &Live,
+) -> Worker {
+    let end = start + plan.duration;
+    let mut worker = Worker {
+        requests: 0,
+        outcome: Outcome::default(),
+        errors: BTreeMap::new(),
+        unknown_outcomes: 0,
+        latency: stats::new_histogram(),
+        per_second: Vec::new(),
+        sampler: Sampler::new(
+            plan.sample_max,
+            plan.seed ^ (connection as u64).wrapping_add(1),
+        ),
+    };
+    loop {
+        // When this request is due: its slot in the schedule, or now.
+        let due = match &plan.schedule {
+            Some(schedule) => {
+                let index = next_due.fetch_add(1, Ordering::Relaxed);
+                let Some(due_s) = schedule.due_s(index) else {
+                    break;
+                };
+                let due = start + Duration::from_secs_f64(due_s);
+                tokio::time::sleep_until(due).await;
+                due
+            }
+            None => {
+                let now = Instant::now();
+                if now >= end {
+                    break;
+                }
+                now
+            }
+        };
+        let batch = generator.next_batch(plan.batch_events, plan.operations_max);
+        let Some((codes, resent)) = send(&mut backend, &batch, end, &mut worker, live).await else {
+            continue;
+        };
+        let answered = Instant::now();
+        stats::record(&mut worker.latency, answered - due);
+        let before = worker.outcome.transfers_ok;
+        generator.acknowledge(
+            &batch,
+            &codes,
+            resent,
+            &mut worker.outcome,
+            &mut worker.sampler,
+        );
+        let acknowledged = worker.outcome.transfers_ok - before;
+        let second = (answered - start).as_secs() as usize;
+        if worker.per_second.len() <= second {
+            worker.per_second.resize(second + 1, 0);
+        }
+        worker.per_second[second] += acknowledged;
+        live.transfers_ok.fetch_add(acknowledged, Ordering::Relaxed);
+    }
+    worker
+}
+
+/// Sends `batch` until it is answered; `None` if it was refused or given up. The flag says
+/// whether it was resent after an unknown outcome.
+async fn send<B: Backend>(
+    backend: &mut B,
+    batch: &Batch,
+    end: Instant,
+    worker: &mut Worker,
+    live: &Live,
+) -> Option<(Vec<u32>, bool)> {
+    let give_up = end + Duration::from_millis(DRAIN_GRACE_MS);
+    let mut resent = false;
+    let mut backoff_ms = BUSY_BACKOFF_FIRST_MS;
+    loop {
+        worker.requests += 1;
+        let kind = match backend.submit(&batch.transfers).await {
+            Attempt::Answered(codes) => return Some((codes, resent)),
+            Attempt::Refused(kind) => {
+                *worker.errors.entry(kind).or_default() += 1;
+                live.errors.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            Attempt::Busy(kind) => kind,
+            Attempt::Unknown(kind) => {
+                resent = true;
+                kind
+            }
+        };
+        *worker.errors.entry(kind).or_default() += 1;
+        live.errors.fetch_add(1, Ordering::Relaxed);
+        if Instant::now() >= give_up {
+            if resent {
+                worker.unknown_outcomes += 1;
+            }
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+        backoff_ms = (backoff_ms * 2).min(BUSY_BACKOFF_MAX_MS);
+    }
+}
+
+/// An indicatif bar on a terminal; nothing otherwise (logs and CI stay clean).
+async fn show_progress(label: String, duration: Duration, live: Arc<Live>, done: Arc<AtomicBool>) {
+    if !std::io::stderr().is_terminal() {
+        return;
+    }
+    let bar = indicatif::ProgressBar::new(duration.as_millis() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {elapsed}/{duration} {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(label);
+    let start = Instant::now();
+    let mut last = (start, 0u64);
+    while !done.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(PROGRESS_INTERVAL_MS)).await;
+        let now = Instant::now();
+        let transfers = live.transfers_ok.load(Ordering::Relaxed);
+        let rate = (transfers - last.1) as f64 / (now - last.0).as_secs_f64();
+        last = (now, transfers);
+        bar.set_position(((now - start).as_millis() as u64).min(duration.as_millis() as u64));
+        bar.set_message(format!(
+            "{transfers} transfers, {rate:.0}/s, {} errors",
+            live.errors.load(Ordering::Relaxed)
+        ));
+    }
+    bar.finish_and_clear();
+}
