@@ -27,6 +27,15 @@ const SLOTS_MIN: usize = 16;
 /// Bits of the hash kept in a slot: a table has at most 2^32 slots.
 const FINGERPRINT_BITS: u32 = 32;
 
+/// What `IdIndex::probe` found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// The id is stored, with this record index.
+    Found(u32),
+    /// The id is not stored; its probe ended at this empty slot.
+    Vacant(usize),
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct IdIndex {
     /// Empty, or a power of two of at least `SLOTS_MIN`.
@@ -162,6 +171,80 @@ impl IdIndex {
         } else {
             u32::MAX
         }
+    }
+
+    /// The record index of the first entry with `fingerprint` along its probe, else `u32::MAX`:
+    /// the id's record unless another id shares the fingerprint. Not an answer, a candidate for
+    /// the lookahead to touch; no record is read.
+    #[inline(always)]
+    pub fn candidate(&self, fingerprint: u32) -> u32 {
+        if self.slots.is_empty() {
+            return u32::MAX;
+        }
+        let mask = self.mask();
+        let mut position = self.home(fingerprint);
+        for _ in 0..self.slots.len() {
+            let slot = self.slots[position];
+            if slot == EMPTY {
+                return u32::MAX;
+            }
+            if entry_fingerprint(slot) == fingerprint {
+                return entry_index(slot);
+            }
+            position = (position + 1) & mask;
+        }
+        unreachable!("id index has no empty slot");
+    }
+
+    /// The slot position where a probe for `fingerprint` starts. For the lookahead: loading
+    /// `slot_at(home_position(..))` brings the slot into cache; it answers nothing.
+    #[inline(always)]
+    pub fn home_position(&self, fingerprint: u32) -> usize {
+        self.home(fingerprint)
+    }
+
+    /// The raw slot at `position` (see `home_position`), or `EMPTY` on an empty table.
+    #[inline(always)]
+    pub fn slot_at(&self, position: usize) -> u64 {
+        self.slots.get(position).copied().unwrap_or(EMPTY)
+    }
+
+    /// `get_fingerprinted`, but an absent id answers the empty slot its probe ended at, where
+    /// `insert_vacant` can store it without probing again. The table must not change in between
+    /// (and must have room: `reserve` first, as `insert_vacant` asserts).
+    #[inline(always)]
+    pub fn probe(&self, id: u128, fingerprint: u32, id_at: impl Fn(u32) -> u128) -> Probe {
+        assert!(!self.slots.is_empty(), "probe of a table without room");
+        let mask = self.mask();
+        let mut position = self.home(fingerprint);
+        // Bounded: at most half the slots are full, so an empty one ends every probe.
+        for _ in 0..self.slots.len() {
+            let slot = self.slots[position];
+            if slot == EMPTY {
+                return Probe::Vacant(position);
+            }
+            if entry_fingerprint(slot) == fingerprint && id_at(entry_index(slot)) == id {
+                return Probe::Found(entry_index(slot));
+            }
+            position = (position + 1) & mask;
+        }
+        unreachable!("id index has no empty slot");
+    }
+
+    /// Stores `index` for the id whose `probe` (with this `fingerprint`) answered
+    /// `Probe::Vacant(position)`, with nothing inserted or removed since.
+    #[inline(always)]
+    pub fn insert_vacant(&mut self, position: usize, fingerprint: u32, index: u32) {
+        assert!(
+            (self.len + 1) * 2 <= self.slots.len(),
+            "insert_vacant without room"
+        );
+        assert!(
+            self.slots[position] == EMPTY,
+            "insert_vacant into a full slot"
+        );
+        self.slots[position] = entry(fingerprint, index);
+        self.len += 1;
     }
 
     pub fn contains(&self, id: u128, id_at: impl Fn(u32) -> u128) -> bool {
