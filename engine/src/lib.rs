@@ -14,13 +14,14 @@ mod id_index;
 mod ledger;
 pub mod limits;
 mod query;
+mod record_hash;
 mod results;
 mod snapshot;
 mod state;
 mod types;
 
 pub use id_hash::{IdBuildHasher, IdHasher, IdMap, IdSet};
-pub use id_index::IdIndex;
+pub use id_index::{IdIndex, Probe};
 pub use ledger::{BatchError, Ledger};
 pub use results::{CreateAccountResult, CreateTransferResult};
 pub use snapshot::SnapshotError;

@@ -225,6 +225,7 @@ impl Ledger {
         let history_count = next_count(HISTORY_RECORD_SIZE, reader)?;
         ledger.read_history(reader, history_count)?;
         ledger.check_restored()?;
+        ledger.digest = ledger.digest_full();
         Ok(ledger)
     }
 

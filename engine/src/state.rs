@@ -2,43 +2,117 @@
 
 use std::collections::BTreeMap;
 
-use xxhash_rust::xxh3::xxh3_128_with_seed;
 use zerocopy::IntoBytes;
 
-use crate::id_hash::IdMap;
-use crate::ledger::{Ledger, PendingStatus};
-use crate::types::{Account, AccountFlags, LedgerTotals, TransferFlags};
+use crate::id_hash::{hash_id, IdMap};
+use crate::ledger::{balances_of, record_bytes, Ledger, PendingStatus};
+use crate::record_hash::{
+    field_multiplier, lane_term, record_hash, Lanes, SEED_ACCOUNT, SEED_FAILED_ID,
+    SEED_HISTORY_ROW, SEED_TRANSFER,
+};
+use crate::types::{Account, AccountBalance, AccountFlags, LedgerTotals, Transfer, TransferFlags};
 
-// One seed per kind of record, so that equal bytes of different kinds never cancel out.
-const SEED_ACCOUNT: u64 = 1;
-const SEED_TRANSFER: u64 = 2;
-const SEED_FAILED_ID: u64 = 3;
-const SEED_HISTORY_ROW: u64 = 4;
+// The balance-like fields of the digest: an account's four balances and a transfer's pending
+// status, each weighted by its own multiplier (`record_hash::field_multiplier`).
+pub(crate) const FIELD_DEBITS_PENDING: usize = 0;
+pub(crate) const FIELD_DEBITS_POSTED: usize = 1;
+pub(crate) const FIELD_CREDITS_PENDING: usize = 2;
+pub(crate) const FIELD_CREDITS_POSTED: usize = 3;
+pub(crate) const FIELD_PENDING_STATUS: usize = 4;
+
+/// What an account adds to the digest: the hash of its record with the balances zeroed, plus
+/// each balance times its field's multiplier. Linear in the balances, so a transfer updates the
+/// digest with one multiplication per balance it changes instead of rehashing two records.
+pub(crate) fn account_term(account: &Account) -> u128 {
+    let fixed = Account {
+        debits_pending: 0,
+        debits_posted: 0,
+        credits_pending: 0,
+        credits_posted: 0,
+        ..*account
+    };
+    let id_hash = hash_id(account.id);
+    let fields = [
+        FIELD_DEBITS_PENDING,
+        FIELD_DEBITS_POSTED,
+        FIELD_CREDITS_PENDING,
+        FIELD_CREDITS_POSTED,
+    ];
+    fields.iter().zip(balances_of(account)).fold(
+        record_hash(record_bytes(&fixed), SEED_ACCOUNT),
+        |term, (field, balance)| term.wrapping_add(balance_term(id_hash, *field, balance)),
+    )
+}
+
+/// What `amount` in field `field` of the record whose id hashes to `id_hash` adds.
+#[inline(always)]
+pub(crate) fn balance_term(id_hash: u64, field: usize, amount: u128) -> u128 {
+    amount.wrapping_mul(field_multiplier(id_hash, field))
+}
+
+/// What a stored transfer's record adds (its pending status adds `status_term`).
+pub(crate) fn transfer_term(transfer: &Transfer) -> u128 {
+    record_hash(record_bytes(transfer), SEED_TRANSFER)
+}
+
+/// What a transfer's pending status (0 = not pending, else `PendingStatus as u8`) adds.
+#[inline(always)]
+pub(crate) fn status_term(id_hash: u64, status: u8) -> u128 {
+    balance_term(id_hash, FIELD_PENDING_STATUS, status as u128)
+}
+
+/// What a burned transfer id adds: one lane, finished.
+pub(crate) fn failed_id_term(id: u128) -> u128 {
+    Lanes {
+        even: lane_term(0, id as u64, (id >> 64) as u64),
+        odd: 0,
+    }
+    .finish(SEED_FAILED_ID)
+}
+
+/// What a history row adds: its `AccountBalance` record with the account id xored into bytes
+/// 72..88 (inside the reserved bytes, zero in every row the engine writes).
+pub(crate) fn history_term(account_id: u128, balance: &AccountBalance) -> u128 {
+    let mut bytes = [0u8; 128];
+    bytes.copy_from_slice(balance.as_bytes());
+    for (byte, id_byte) in bytes[72..88].iter_mut().zip(account_id.to_le_bytes()) {
+        *byte ^= id_byte;
+    }
+    record_hash(&bytes, SEED_HISTORY_ROW)
+}
 
 impl Ledger {
     /// A hash over the whole state: every account, transfer (with its pending status), burned id
-    /// and history row. The wrapping sum of per-record hashes, so it is independent of the order
-    /// records were inserted or are stored in. Capacities, `last_timestamp`, `batches_applied`
-    /// and the hash chain are not state in this sense and are not included.
+    /// and history row. A wrapping sum of per-record terms, so it depends on the state alone, not
+    /// on the order records were inserted or are stored in or on how batches were cut.
+    /// Capacities, `last_timestamp`, `batches_applied` and the hash chain are not state in this
+    /// sense and are not included.
+    ///
+    /// O(1): every change updates it (docs/design.md §2, "Digest and hash chain"); `digest_full`
+    /// computes the same value from scratch.
     pub fn digest(&self) -> u128 {
+        self.digest
+    }
+
+    /// `digest()` computed from scratch over the whole state, O(state). `check_invariants`
+    /// asserts the two agree; restore sets the digest from it.
+    pub fn digest_full(&self) -> u128 {
         let mut sum: u128 = 0;
         for account in &self.accounts {
-            sum = sum.wrapping_add(xxh3_128_with_seed(account.as_bytes(), SEED_ACCOUNT));
+            sum = sum.wrapping_add(account_term(account));
         }
         for (index, transfer) in self.transfers.iter().enumerate() {
             let status = self.pending_status_byte(index as u32);
-            let seed = SEED_TRANSFER + ((status as u64) << 8);
-            sum = sum.wrapping_add(xxh3_128_with_seed(transfer.as_bytes(), seed));
+            sum = sum
+                .wrapping_add(transfer_term(transfer))
+                .wrapping_add(status_term(hash_id(transfer.id), status));
         }
         for id in &self.failed_ids {
-            sum = sum.wrapping_add(xxh3_128_with_seed(&id.to_le_bytes(), SEED_FAILED_ID));
+            sum = sum.wrapping_add(failed_id_term(*id));
         }
         for row in &self.history {
-            let mut bytes = [0u8; 16 + 128];
-            bytes[..16]
-                .copy_from_slice(&self.accounts[row.account_index as usize].id.to_le_bytes());
-            bytes[16..].copy_from_slice(row.balance.as_bytes());
-            sum = sum.wrapping_add(xxh3_128_with_seed(&bytes, SEED_HISTORY_ROW));
+            let account_id = self.accounts[row.account_index as usize].id;
+            sum = sum.wrapping_add(history_term(account_id, &row.balance));
         }
         sum
     }
@@ -86,9 +160,15 @@ impl Ledger {
     /// - indexes agree with the records;
     /// - every balance equals what the transfers imply (so per ledger Σdebits = Σcredits);
     /// - no constrained account is past its limit;
+    /// - the incremental digest equals the digest computed from scratch;
     /// - each pending transfer is posted or voided at most once, and exactly once if its status
     ///   says so.
     pub fn check_invariants(&self) {
+        assert_eq!(
+            self.digest,
+            self.digest_full(),
+            "incremental digest drifted"
+        );
         self.check_indexes();
         self.check_balances();
         for (ledger, totals) in self.ledger_totals() {
