@@ -221,6 +221,10 @@ pub(crate) async fn run_load(
     let totals = driver::run(&plan, backends, &label).await?;
     let mut result = totals.result("tally", args.mode.name(), &plan);
     result.rate_target = args.rate;
+    if args.mode == Mode::Single {
+        // One operation per request (a wallet move is its linked pair).
+        result.batch_events = 1;
+    }
     result.server_peak_rss_bytes = rss.map(|read| read()).transpose()?;
     eprintln!(
         "verifying: {} of {} acknowledged transfers, {} accounts",
