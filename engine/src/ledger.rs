@@ -491,8 +491,9 @@ impl Ledger {
         self.batches_applied
     }
 
-    /// The running hash over every batch applied:
-    /// `chain' = xxh3_128(chain ‖ operation ‖ status ‖ timestamp ‖ event bytes ‖ result bytes)`.
+    /// The running hash over every batch applied, refused ones included: each batch hashes the
+    /// previous value with its operation, status, timestamp, events and results (format 2,
+    /// docs/design.md §2 "Digest and hash chain").
     pub fn hash_chain(&self) -> u128 {
         self.hash_chain
     }
@@ -1091,22 +1092,30 @@ impl Ledger {
         if resolving_count > 0 {
             self.resolve_pending_hints(events, stable_transfers_count, hints, &mut fingerprints);
         }
-        // The account records the home slots name (both cache lines) and their list heads.
-        for fingerprint in fingerprints[..events.len()].iter().flatten() {
-            let candidate = self.account_indexes.candidate(*fingerprint) as usize;
-            if let Some(account) = self.accounts.get(candidate) {
-                touched ^= account.id as u64 ^ account.timestamp;
-                touched ^= self.account_links[candidate].transfers_head as u64;
+        // The account records the slots name (both cache lines) and their list heads.
+        let mut candidates = [[NONE; 2]; LOOKAHEAD_EVENTS];
+        for (fingerprints, candidates) in fingerprints[..events.len()].iter().zip(&mut candidates) {
+            for (fingerprint, candidate) in fingerprints.iter().zip(candidates) {
+                *candidate = self.account_indexes.candidate(*fingerprint);
+                if let Some(account) = self.accounts.get(*candidate as usize) {
+                    touched ^= account.id as u64 ^ account.timestamp;
+                    touched ^= self.account_links[*candidate as usize].transfers_head as u64;
+                }
             }
         }
         std::hint::black_box(touched);
-        // The asserts are real invariants, cheap on records already in cache.
-        let index_of = |id: u128, fingerprint: u32| {
+        // A candidate whose record has the id is the answer (fingerprints are unique in a probe
+        // only up to collisions, so anything else takes the full lookup). The asserts are real
+        // invariants, cheap on records already in cache.
+        let index_of = |id: u128, fingerprint: u32, candidate: u32| {
             let accounts = &self.accounts;
-            match self
-                .account_indexes
-                .get_fingerprinted(id, fingerprint, |index| accounts[index as usize].id)
-            {
+            let found = match accounts.get(candidate as usize) {
+                Some(account) if account.id == id => Some(candidate),
+                _ => self
+                    .account_indexes
+                    .get_fingerprinted(id, fingerprint, |index| accounts[index as usize].id),
+            };
+            match found {
                 Some(index) => {
                     let account = &accounts[index as usize];
                     assert!(account.id == id && account.ledger != 0);
@@ -1115,7 +1124,11 @@ impl Ledger {
                 None => NONE,
             }
         };
-        for ((event, hint), fingerprints) in events.iter().zip(hints.iter_mut()).zip(&fingerprints)
+        for (((event, hint), fingerprints), candidates) in events
+            .iter()
+            .zip(hints.iter_mut())
+            .zip(&fingerprints)
+            .zip(&candidates)
         {
             let (debit_id, credit_id) = if event.flags & resolving == 0 {
                 (event.debit_account_id, event.credit_account_id)
@@ -1124,8 +1137,8 @@ impl Ledger {
             } else {
                 continue;
             };
-            hint.debit = index_of(debit_id, fingerprints[0]);
-            hint.credit = index_of(credit_id, fingerprints[1]);
+            hint.debit = index_of(debit_id, fingerprints[0], candidates[0]);
+            hint.credit = index_of(credit_id, fingerprints[1], candidates[1]);
         }
     }
 
