@@ -519,7 +519,7 @@ mod tests {
         assert!(report.contains("200x"));
         assert!(report.contains("**per million accounts** | **180.5 MiB**"));
         assert!(report.contains("## Other runs"));
-        assert!(report.contains("tally wallets json"));
+        assert!(report.contains("tally wallets json x8189 c4 closed"));
         for stem in [
             "100-tally-uniform",
             "100-postgres-uniform",

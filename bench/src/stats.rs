@@ -194,8 +194,14 @@ impl RunResult {
             None => String::new(),
         };
         format!(
-            "{} {} {} x{} {}{}",
-            self.system, self.workload, self.mode, self.batch_events, self.loop_kind, rate
+            "{} {} {} x{} c{} {}{}",
+            self.system,
+            self.workload,
+            self.mode,
+            self.batch_events,
+            self.connections,
+            self.loop_kind,
+            rate
         )
     }
 }
@@ -227,13 +233,13 @@ pub(crate) fn result_name(code: u32) -> String {
 /// Prints the table of results, one row per run.
 pub(crate) fn print_table(runs: &[RunResult]) {
     println!(
-        "{:<44} {:>10} {:>13} {:>9} {:>9} {:>9} {:>9} {:>7}",
+        "{:<50} {:>10} {:>13} {:>9} {:>9} {:>9} {:>9} {:>7}",
         "run", "requests", "transfers/s", "p50 ms", "p99 ms", "p999 ms", "max ms", "errors"
     );
     for run in runs {
         let errors: u64 = run.errors.values().sum();
         println!(
-            "{:<44} {:>10} {:>13.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>7}",
+            "{:<50} {:>10} {:>13.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>7}",
             run.label(),
             run.requests,
             run.transfers_per_second,
