@@ -20,6 +20,11 @@ bin_directory() {
             found=$candidate
         fi
     done
+    # Elsewhere, e.g. only a pg_ctl on the PATH (a symlink into the real bin directory).
+    if [ -z "$found" ] && command -v pg_ctl >/dev/null; then
+        found=$(dirname "$(readlink -f "$(command -v pg_ctl)")")
+        [ -x "$found/initdb" ] || found=""
+    fi
     echo "$found"
 }
 

@@ -318,6 +318,84 @@ mod tests {
         );
     }
 
+    /// A one-connection HTTP/1.1 server answering every request with `answer`; returns its
+    /// address and what it received.
+    async fn serve(answer: String) -> (String, tokio::task::JoinHandle<Vec<String>>) {
+        use tokio::io::AsyncReadExt;
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut received = Vec::new();
+            let mut request = Vec::new();
+            let mut buffer = vec![0u8; 65536];
+            // Every request of these tests ends with the body `[1]`.
+            for _ in 0..100 {
+                let count = stream.read(&mut buffer).await.unwrap();
+                request.extend_from_slice(&buffer[..count]);
+                if count == 0 || request.ends_with(b"[1]") {
+                    break;
+                }
+            }
+            received.push(String::from_utf8_lossy(&request).into_owned());
+            stream.write_all(answer.as_bytes()).await.unwrap();
+            stream.flush().await.unwrap();
+            received
+        });
+        (address, task)
+    }
+
+    #[tokio::test]
+    async fn writes_follow_a_redirect_to_the_leader_with_the_token() {
+        let body = "[]";
+        let (leader, leader_task) = serve(format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        ))
+        .await;
+        let (follower, follower_task) = serve(format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://{leader}/v1/transfers\r\ncontent-length: 0\r\n\r\n"
+        ))
+        .await;
+        let mut client = Client::new(&format!("http://{follower}"), Some("secret".into())).unwrap();
+        let answer = client
+            .post(
+                "/v1/transfers",
+                CONTENT_TYPE_JSON,
+                Bytes::from_static(b"[1]"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200);
+        assert_eq!(&answer.body[..], body.as_bytes());
+        // Later requests go straight to the leader.
+        assert_eq!(client.authority(), leader);
+        for task in [follower_task, leader_task] {
+            let received = task.await.unwrap();
+            let request = received[0].to_lowercase();
+            assert!(
+                request.starts_with("post /v1/transfers http/1.1"),
+                "{request}"
+            );
+            assert!(
+                request.contains("authorization: bearer secret"),
+                "{request}"
+            );
+            assert!(request.ends_with("[1]"), "{request}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_node_is_a_connect_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let mut client = Client::new(&address, None).unwrap();
+        let error = client.get("/healthz").await.err().unwrap();
+        assert_eq!(error, TransportError::Connect);
+    }
+
     #[test]
     fn json_transfers_name_flags_and_keep_u128_exact() {
         let transfer = Transfer {
