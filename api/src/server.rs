@@ -167,6 +167,13 @@ pub fn node_config(config: &ServerConfig, local_addr: SocketAddr) -> NodeConfig 
         node.initial_members = settings.peers.clone();
         node.join = settings.join;
         node.raft_listen = settings.raft_listen;
+        // Outgoing peer connections leave from the address this node listens on (when that is
+        // one address, not 0.0.0.0 / ::): on a multi-homed host peers and firewalls see a single
+        // address per node, the one they dial.
+        node.network.source_ip = settings
+            .raft_listen
+            .map(|address| address.ip())
+            .filter(|ip| !ip.is_unspecified());
         node.cluster_secret = settings
             .cluster_secret
             .clone()
@@ -226,5 +233,30 @@ mod tests {
         );
         assert!(check_config(&config("0.0.0.0:3000", Some("secret"))).is_ok());
         assert!(check_config(&config("127.0.0.1:3000", Some(""))).is_err());
+    }
+
+    #[test]
+    fn peer_connections_leave_from_the_raft_listen_address_when_it_is_one() {
+        let source_ip = |raft_listen: Option<&str>| {
+            let config = ServerConfig {
+                data_dir: PathBuf::from("unused"),
+                http_addr: "127.0.0.1:3000".parse().unwrap(),
+                api_token: None,
+                node: NodeSettings {
+                    raft_listen: raft_listen.map(|address| address.parse().unwrap()),
+                    cluster_secret: Some("secret".into()),
+                    ..NodeSettings::default()
+                },
+            };
+            node_config(&config, config.http_addr).network.source_ip
+        };
+        assert_eq!(source_ip(None), None);
+        assert_eq!(source_ip(Some("0.0.0.0:7001")), None);
+        assert_eq!(source_ip(Some("[::]:7001")), None);
+        assert_eq!(
+            source_ip(Some("127.0.0.12:7001")),
+            Some("127.0.0.12".parse().unwrap())
+        );
+        assert_eq!(source_ip(Some("[::1]:7001")), Some("::1".parse().unwrap()));
     }
 }

@@ -8,6 +8,8 @@
 
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,6 +60,17 @@ pub const NONCE_SIZE: usize = 32;
 pub trait Transport: Clone + Send + Sync + 'static {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static;
     fn connect(&self, addr: &str) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+
+    /// Connects from a given local IP address (see [`NetworkSettings::source_ip`]). A transport
+    /// without addresses of its own (the simulator's) has nothing to bind and just connects.
+    fn connect_from(
+        &self,
+        addr: &str,
+        source_ip: Option<IpAddr>,
+    ) -> impl Future<Output = io::Result<Self::Stream>> + Send {
+        let _ = source_ip;
+        self.connect(addr)
+    }
 }
 
 /// Real TCP.
@@ -68,10 +81,51 @@ impl Transport for TcpTransport {
     type Stream = tokio::net::TcpStream;
 
     async fn connect(&self, addr: &str) -> io::Result<Self::Stream> {
-        let stream = tokio::net::TcpStream::connect(addr).await?;
+        self.connect_from(addr, None).await
+    }
+
+    /// With a source IP, the socket is bound to it (any port) before connecting, so the peer sees
+    /// the connection come from that address: on a multi-homed host, the address the node listens
+    /// on rather than whichever the routing table picks.
+    async fn connect_from(
+        &self,
+        addr: &str,
+        source_ip: Option<IpAddr>,
+    ) -> io::Result<Self::Stream> {
+        let stream = match source_ip {
+            None => tokio::net::TcpStream::connect(addr).await?,
+            Some(source_ip) => connect_bound(addr, source_ip).await?,
+        };
         stream.set_nodelay(true)?;
         Ok(stream)
     }
+}
+
+/// Connects to the first of `addr`'s resolved addresses of the same family as `source_ip` that
+/// accepts, from `source_ip`.
+async fn connect_bound(addr: &str, source_ip: IpAddr) -> io::Result<tokio::net::TcpStream> {
+    let mut last_error = None;
+    for target in tokio::net::lookup_host(addr).await? {
+        if target.is_ipv4() != source_ip.is_ipv4() {
+            continue;
+        }
+        let socket = if target.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(source_ip, 0))?;
+        match socket.connect(target).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            format!("{addr} has no address of the family of the source address {source_ip}"),
+        )
+    }))
 }
 
 /// Bounds of the peer connections.
@@ -81,6 +135,14 @@ pub struct NetworkSettings {
     /// First and largest pause between reconnection attempts.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// The local IP address outgoing peer connections leave from (`None`: the OS chooses). Peers
+    /// and firewalls then see one address per node, the one it listens on.
+    pub source_ip: Option<IpAddr>,
+    /// The shortest time an RPC is given to answer. openraft asks for one
+    /// heartbeat interval, which is shorter than a cross-region round trip
+    /// with the default 50 ms heartbeat: every append would time out and the
+    /// cluster would never commit (found by the simulator).
+    pub rpc_timeout_min: Duration,
 }
 
 impl Default for NetworkSettings {
@@ -89,6 +151,8 @@ impl Default for NetworkSettings {
             connect_timeout: Duration::from_millis(500),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_millis(1_000),
+            source_ip: None,
+            rpc_timeout_min: Duration::from_millis(1_000),
         }
     }
 }
@@ -204,11 +268,28 @@ pub struct PeerClient<T: Transport> {
 }
 
 impl<T: Transport> PeerClient<T> {
+    /// Connects and authenticates, both within `connect_timeout`: a peer that accepts the
+    /// connection but never sends its challenge (hung, or a black hole in between) must not hold
+    /// the caller forever.
     async fn connect(&mut self) -> io::Result<T::Stream> {
-        let connect = self.network.transport.connect(&self.addr);
-        let mut stream = tokio::time::timeout(self.network.settings.connect_timeout, connect)
+        let timeout = self.network.settings.connect_timeout;
+        tokio::time::timeout(timeout, self.connect_and_authenticate())
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connecting and authenticating took over {timeout:?}"),
+                )
+            })?
+    }
+
+    async fn connect_and_authenticate(&self) -> io::Result<T::Stream> {
+        let settings = &self.network.settings;
+        let mut stream = self
+            .network
+            .transport
+            .connect_from(&self.addr, settings.source_ip)
+            .await?;
         let challenge: Challenge = read_frame(&mut stream).await?;
         if challenge.magic != PROTOCOL_MAGIC || challenge.version != PROTOCOL_VERSION {
             return Err(io::Error::new(
@@ -238,6 +319,7 @@ impl<T: Transport> PeerClient<T> {
         request: &Request,
         ttl: Duration,
     ) -> Result<R, RPCError<TypeConfig>> {
+        let ttl = ttl.max(self.network.settings.rpc_timeout_min);
         let stream = match self.stream.take() {
             Some(stream) => stream,
             None => self
@@ -438,5 +520,63 @@ pub async fn serve_tcp(listener: tokio::net::TcpListener, raft: Raft, secret: &[
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tcp_connections_leave_from_the_source_ip_asked_for() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        // Every 127.0.0.0/8 address is local on Linux: no set-up needed.
+        for source in [None, Some("127.0.0.2"), Some("127.0.0.3")] {
+            let source_ip = source.map(|ip| ip.parse::<IpAddr>().unwrap());
+            let (connected, accepted) = tokio::join!(
+                TcpTransport.connect_from(&address, source_ip),
+                listener.accept()
+            );
+            let connected = connected.unwrap();
+            let (_, peer) = accepted.unwrap();
+            let expected: IpAddr = source.unwrap_or("127.0.0.1").parse().unwrap();
+            assert_eq!(peer.ip(), expected);
+            assert_eq!(connected.local_addr().unwrap().ip(), expected);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_source_ip_of_another_family_than_the_target_is_refused() {
+        let error = TcpTransport
+            .connect_from("127.0.0.1:1", Some("::1".parse().unwrap()))
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::AddrNotAvailable, "{error}");
+    }
+
+    /// A peer that accepts but never sends its challenge (a hung process, a black hole) costs
+    /// the caller `connect_timeout`, not forever.
+    #[tokio::test]
+    async fn the_handshake_is_bounded_by_the_connect_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let settings = NetworkSettings {
+            connect_timeout: Duration::from_millis(200),
+            ..NetworkSettings::default()
+        };
+        let mut network = Network::new(TcpTransport, b"secret", settings);
+        let info = NodeInfo {
+            raft_addr: address,
+            http_addr: String::new(),
+            region: String::new(),
+        };
+        let mut client = network.new_client(2, &info).await;
+        let started = std::time::Instant::now();
+        let (connected, accepted) = tokio::join!(client.connect(), listener.accept());
+        let _silent = accepted.unwrap();
+        let error = connected.expect_err("no challenge: no connection");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }
