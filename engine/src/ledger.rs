@@ -829,7 +829,13 @@ impl Ledger {
                 status: outcome.result.code(),
                 timestamp: outcome.timestamp,
             });
-            if outcome.result != CreateAccountResult::Ok && !chain_broken {
+            // `exists` changes nothing and breaks no chain: a retried chain answers `exists`
+            // for every member instead of failing the members after the first.
+            let failed = !matches!(
+                outcome.result,
+                CreateAccountResult::Ok | CreateAccountResult::Exists
+            );
+            if failed && !chain_broken {
                 if let Some(marks) = &chain {
                     chain_broken = true;
                     self.chain_rollback(marks);
@@ -837,6 +843,7 @@ impl Ledger {
                         &mut results,
                         marks,
                         CreateAccountResult::LinkedEventFailed.code(),
+                        CreateAccountResult::Exists.code(),
                     );
                 }
             }
@@ -857,11 +864,20 @@ impl Ledger {
     }
 
     /// Marks every earlier result of a rolled-back chain as failed.
-    fn fail_chain_results(results: &mut [EventResult], marks: &ChainMarks, status: u32) {
+    /// Members that answered `exists` keep that answer: they are stored, and
+    /// were before this chain.
+    fn fail_chain_results(
+        results: &mut [EventResult],
+        marks: &ChainMarks,
+        status: u32,
+        exists: u32,
+    ) {
         let last = results.len() - 1;
         for result in &mut results[marks.event_index..last] {
-            result.status = status;
-            result.timestamp = 0;
+            if result.status != exists {
+                result.status = status;
+                result.timestamp = 0;
+            }
         }
     }
 
@@ -997,13 +1013,18 @@ impl Ledger {
                 status: outcome.result.code(),
                 timestamp: outcome.timestamp,
             });
-            if outcome.result != CreateTransferResult::Ok {
+            // As for accounts: `exists` changes nothing and breaks no chain.
+            if !matches!(
+                outcome.result,
+                CreateTransferResult::Ok | CreateTransferResult::Exists
+            ) {
                 if !chain_broken {
                     if let Some(marks) = &chain {
                         chain_broken = true;
                         self.chain_rollback(marks);
                         let failed = CreateTransferResult::LinkedEventFailed.code();
-                        Self::fail_chain_results(&mut results, marks, failed);
+                        let exists = CreateTransferResult::Exists.code();
+                        Self::fail_chain_results(&mut results, marks, failed, exists);
                     }
                 }
                 // After any rollback: the burned id outlives the chain that failed.

@@ -137,7 +137,7 @@ fn move_between_own_wallets_atomically_with_linked() {
 }
 
 #[test]
-fn retried_member_of_a_linked_chain_answers_exists_and_breaks_the_chain() {
+fn a_retried_linked_chain_answers_exists_for_every_member() {
     let mut harness = bank();
     deposit(&mut harness, 100, ALICE_CASH, 500);
     let chain = [
@@ -147,9 +147,18 @@ fn retried_member_of_a_linked_chain_answers_exists_and_breaks_the_chain() {
         transfer(102, ALICE_SAVINGS, BOB, 5),
     ];
     assert_eq!(harness.transfers(&chain), vec![T::Ok, T::Ok]);
+    assert_eq!(harness.transfers(&chain), vec![T::Exists, T::Exists]);
+    assert_eq!(harness.balances(BOB), (0, 0, 0, 5));
+    // A chain whose later member fails keeps `exists` for the stored one.
+    let reused = [
+        with(transfer(101, ALICE_CASH, ALICE_SAVINGS, 10), |t| {
+            t.flags = TF::LINKED
+        }),
+        transfer(103, ALICE_SAVINGS, BOB, 1_000_000),
+    ];
     assert_eq!(
-        harness.transfers(&chain),
-        vec![T::Exists, T::LinkedEventFailed]
+        harness.transfers(&reused),
+        vec![T::Exists, T::ExceedsCredits]
     );
     assert_eq!(harness.balances(BOB), (0, 0, 0, 5));
 }

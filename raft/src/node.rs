@@ -78,6 +78,9 @@ pub struct NodeConfig {
     pub checkpoint_every_entries: u64,
     /// Where the leader's timestamps come from.
     pub clock: crate::Clock,
+    /// Seeds openraft's randomness (election timeouts) on this node. Random
+    /// by default; the simulator derives it from the run's seed.
+    pub rng_seed: u64,
 }
 
 impl NodeConfig {
@@ -101,6 +104,7 @@ impl NodeConfig {
             raft_listen: None,
             checkpoint_every_entries: CHECKPOINT_EVERY_ENTRIES_DEFAULT,
             clock: crate::wall_clock(),
+            rng_seed: rand::random(),
         }
     }
 }
@@ -285,16 +289,20 @@ impl Node {
                 .validate()
                 .map_err(|error| StartError::Raft(error.to_string()))?,
         );
-        let raft = Raft::new(
-            config.node_id,
-            raft_config,
-            Network::new(
-                environment.transport,
-                &config.cluster_secret,
-                config.network.clone(),
+        // Raft's tasks inherit the seed scope: their randomness is reproducible.
+        let raft = crate::types::Runtime::scope(
+            config.rng_seed,
+            Raft::new(
+                config.node_id,
+                raft_config,
+                Network::new(
+                    environment.transport,
+                    &config.cluster_secret,
+                    config.network.clone(),
+                ),
+                log_store,
+                state_machine,
             ),
-            log_store,
-            state_machine,
         )
         .await
         .map_err(|error| StartError::Raft(error.to_string()))?;

@@ -87,7 +87,15 @@ openraft::declare_raft_types!(
         R = BatchReply,
         NodeId = NodeId,
         Node = NodeInfo,
+        AsyncRuntime = Runtime,
 );
+
+/// Tokio, with openraft's randomness (election timeouts, tick jitter) drawn
+/// from a per-task seeded generator instead of the thread's. Every node runs
+/// its Raft inside [`Runtime::scope`] with `NodeConfig::rng_seed`: random in
+/// production, derived from the run's seed in the simulator, which makes a
+/// simulated cluster's elections reproducible.
+pub type Runtime = openraft_rt::deterministic_rng::DeterministicRng<openraft::TokioRuntime>;
 
 pub type Raft = openraft::Raft<TypeConfig, crate::state_machine::StateMachine>;
 pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;

@@ -30,5 +30,6 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_storage_suite_passes() -> Result<(), StorageError<TypeConfig>> {
-    Suite::test_all(Builder).await
+    // The suite spawns through the runtime, whose RNG needs a seed scope.
+    tally_raft::types::Runtime::scope(0x5eed, Suite::test_all(Builder)).await
 }

@@ -1,7 +1,8 @@
 //! tally-sim: the simulation harness (see ARCHITECTURE.md).
 //!
 //! - [`replay`]: audit replay of a node's data directory.
-//! - The seeded cluster simulator comes next (issue 6, item 2).
+//! - [`cluster`]: the seeded cluster simulator (turmoil, faults, auditor).
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod replay;
