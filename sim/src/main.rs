@@ -15,6 +15,7 @@ use clap::Parser;
 use clap::Subcommand;
 use tally_sim::cluster::Options;
 use tally_sim::cluster::SeedReport;
+use tally_sim::cluster::Variant;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,6 +40,10 @@ struct Cli {
     /// Cluster size (1 to 5); drawn from each seed when absent.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=5))]
     nodes: Option<u64>,
+    /// Run a deliberately broken build that the auditor must catch
+    /// (`no-fsync`: fsync reports success and makes nothing durable).
+    #[arg(long, value_parser = ["correct", "no-fsync"], default_value = "correct")]
+    variant: String,
     /// Log what the nodes do (tracing, to stderr); RUST_LOG filters it.
     #[arg(long)]
     verbose: bool,
@@ -66,9 +71,18 @@ fn main() -> ExitCode {
     }
     let options = Options {
         nodes: cli.nodes,
-        ..Options::default()
+        variant: match cli.variant.as_str() {
+            "no-fsync" => Variant::NoFsync,
+            _ => Variant::Correct,
+        },
     };
     if let Some(seed) = cli.seed {
+        if cli.verbose {
+            eprint!(
+                "{}",
+                tally_sim::cluster::plan::Plan::from_seed(seed, cli.nodes)
+            );
+        }
         let report = tally_sim::cluster::run_seed(seed, &options);
         print_report(&report, &cli);
         return if report.ok {
@@ -145,10 +159,13 @@ fn print_report(report: &SeedReport, cli: &Cli) {
             }
         }
         print!("{}", report.plan);
-        let nodes = cli
+        let mut nodes = cli
             .nodes
             .map(|nodes| format!(" --nodes {nodes}"))
             .unwrap_or_default();
+        if cli.variant != "correct" {
+            nodes.push_str(&format!(" --variant {}", cli.variant));
+        }
         println!(
             "reproduce: cargo run --release -p tally-sim -- --seed {}{nodes}",
             report.seed

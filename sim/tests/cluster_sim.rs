@@ -1,6 +1,7 @@
 //! The cluster simulator's own tests: a seed is reproducible, and the auditor
 //! catches a deliberately broken build.
 
+use tally_sim::cluster::plan::Fault;
 use tally_sim::cluster::plan::FaultKind;
 use tally_sim::cluster::plan::Plan;
 use tally_sim::cluster::run_seed;
@@ -40,7 +41,11 @@ fn the_auditor_catches_a_journal_that_does_not_fsync() {
     let seed = (0..1_000)
         .find(|seed| {
             let plan = Plan::from_seed(*seed, Some(1));
-            plan.has(FaultKind::Crash) && !plan.has(FaultKind::TornWrite)
+            let crashes = plan
+                .schedule
+                .iter()
+                .any(|(_, fault)| matches!(fault, Fault::Crash { .. }));
+            crashes && !plan.has(FaultKind::TornWrite)
         })
         .expect("some seed crashes a node");
     let report = run_seed(seed, &options);
