@@ -334,3 +334,132 @@ pub fn audit(
     }
     (failures, acknowledged)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::workload::account_id;
+    use crate::cluster::workload::accounts;
+    use tally_engine::EventResult;
+
+    fn deposit(id: u128, to: u128, amount: u128, timestamp: u64) -> Transfer {
+        Transfer {
+            id,
+            debit_account_id: account_id(1, 0),
+            credit_account_id: to,
+            amount,
+            ledger: 1,
+            code: 1,
+            timestamp,
+            ..Transfer::default()
+        }
+    }
+
+    /// A replica's state built by applying `transfers` to the workload's accounts.
+    fn dump(node: u64, transfers: &[Transfer]) -> Dump {
+        let mut accounts = accounts();
+        for transfer in transfers {
+            for account in &mut accounts {
+                if account.id == transfer.debit_account_id {
+                    account.debits_posted += transfer.amount;
+                }
+                if account.id == transfer.credit_account_id {
+                    account.credits_posted += transfer.amount;
+                }
+            }
+        }
+        Dump {
+            node,
+            applied_index: Some(7),
+            digest: 1,
+            hash_chain: 2,
+            accounts,
+            transfers: transfers.to_vec(),
+            transfers_count: transfers.len(),
+        }
+    }
+
+    fn acknowledged(transfers: &[Transfer]) -> RequestRecord {
+        RequestRecord {
+            client: 0,
+            events: transfers
+                .iter()
+                .map(|t| Transfer { timestamp: 0, ..*t })
+                .collect(),
+            results: Some(
+                transfers
+                    .iter()
+                    .enumerate()
+                    .map(|(index, t)| EventResult {
+                        index: index as u32,
+                        status: 0,
+                        timestamp: t.timestamp,
+                    })
+                    .collect(),
+            ),
+            attempts: 1,
+        }
+    }
+
+    #[test]
+    fn a_consistent_history_passes() {
+        let wallet = account_id(1, 2);
+        let transfers = [deposit(10, wallet, 100, 1)];
+        let (failures, acknowledged_count) = audit(
+            &accounts(),
+            &[acknowledged(&transfers)],
+            &[dump(1, &transfers)],
+        );
+        assert!(failures.is_empty(), "{failures:#?}");
+        assert_eq!(acknowledged_count, 1);
+    }
+
+    #[test]
+    fn the_model_refuses_an_overdraft_the_replica_accepted() {
+        let (wallet, other) = (account_id(1, 2), account_id(1, 3));
+        let overdraft = Transfer {
+            id: 11,
+            debit_account_id: wallet,
+            credit_account_id: other,
+            amount: 50,
+            ledger: 1,
+            code: 1,
+            timestamp: 2,
+            ..Transfer::default()
+        };
+        let (failures, _) = audit(
+            &accounts(),
+            &[acknowledged(&[overdraft])],
+            &[dump(1, &[overdraft])],
+        );
+        assert!(
+            failures
+                .iter()
+                .any(|f| f.contains("could not have succeeded")),
+            "{failures:#?}"
+        );
+    }
+
+    #[test]
+    fn a_lost_acknowledged_transfer_and_diverged_replicas_are_reported() {
+        let wallet = account_id(1, 2);
+        let transfers = [deposit(10, wallet, 100, 1)];
+        let mut second = dump(2, &[]);
+        second.digest = 99;
+        let (failures, _) = audit(
+            &accounts(),
+            &[acknowledged(&transfers)],
+            &[dump(1, &transfers), second],
+        );
+        assert!(
+            failures.iter().any(|f| f.contains("replicas differ")),
+            "{failures:#?}"
+        );
+        assert!(
+            failures
+                .iter()
+                .any(|f| f.contains("node 2: acknowledged transfer 10")),
+            "{failures:#?}"
+        );
+    }
+}
