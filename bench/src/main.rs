@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod cluster;
 mod compare;
 mod driver;
 mod engine;
@@ -35,6 +36,8 @@ enum Command {
     Journal(journal::Args),
     /// A real `tally start` process driven over loopback HTTP.
     Server(server::Args),
+    /// A local cluster under binary batches, its leader killed (kill -9) mid-run.
+    Cluster(cluster::Args),
     /// Load against a running node or cluster (workloads, open or closed loop), then verify.
     Load(load::Args),
     /// The same uniform and hot workloads against PostgreSQL (durable settings).
@@ -53,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Command::Engine(args) => engine::run(args),
         Command::Journal(args) => journal::run(args),
         Command::Server(args) => server::run(args),
+        Command::Cluster(args) => cluster::run(args),
         Command::Load(args) => load::run(args),
         Command::Postgres(args) => postgres::run(args),
         Command::Compare(args) => compare::run(args),
