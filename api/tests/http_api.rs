@@ -630,3 +630,84 @@ fn non_loopback_without_token_is_refused_at_start() {
         "nothing may be created when refusing"
     );
 }
+
+/// A full ledger answers each event with the engine's capacity code, and keeps serving.
+#[test]
+fn a_full_ledger_answers_capacity_exceeded() {
+    let directory = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let child = std::process::Command::new(common::tally_binary())
+        .args([
+            "start",
+            "--http",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(directory.path().join("data"))
+        .args(["--accounts-max", "2", "--transfers-max", "2"])
+        .env_remove("TALLY_API_TOKEN")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Killed(child);
+    let agent = common::agent();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while agent
+        .get(format!("{base}/healthz"))
+        .call()
+        .map_or(true, |response| response.status() != 200)
+    {
+        assert!(std::time::Instant::now() < deadline, "not healthy");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let post = |path: &str, body: Value| -> Vec<String> {
+        let mut response = agent
+            .post(format!("{base}{path}"))
+            .header("Content-Type", "application/json")
+            .send(body.to_string())
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let results: Value = response.body_mut().read_json().unwrap();
+        results
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|result| result["status"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let account = |id: u64| json!({"id": id.to_string(), "ledger": 1, "code": 1});
+    let transfer = |id: u64| {
+        json!({"id": id.to_string(), "debit_account_id": "1", "credit_account_id": "2",
+               "amount": "5", "ledger": 1, "code": 1})
+    };
+    let cases: [(&str, Value, [&str; 3]); 2] = [
+        (
+            "/v1/accounts",
+            json!([account(1), account(2), account(3)]),
+            ["ok", "ok", "accounts_capacity_exceeded"],
+        ),
+        (
+            "/v1/transfers",
+            json!([transfer(10), transfer(11), transfer(12)]),
+            ["ok", "ok", "transfers_capacity_exceeded"],
+        ),
+    ];
+    for (path, body, expected) in cases {
+        assert_eq!(post(path, body), expected, "{path}");
+    }
+    // Still serving: a retry of a stored transfer is `exists`, a new one still refused.
+    assert_eq!(
+        post("/v1/transfers", json!([transfer(10), transfer(13)])),
+        ["exists", "transfers_capacity_exceeded"]
+    );
+}

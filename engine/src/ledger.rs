@@ -106,12 +106,9 @@ pub(crate) struct PendingStatuses {
 }
 
 impl PendingStatuses {
-    /// Statuses for `count` transfers, none of them pending.
-    pub(crate) fn with_transfers(count: usize) -> PendingStatuses {
-        PendingStatuses {
-            statuses: vec![None; count],
-            len: 0,
-        }
+    /// Slots for `count` more transfers, none of them pending.
+    pub(crate) fn push_transfers(&mut self, count: usize) {
+        self.statuses.resize(self.statuses.len() + count, None);
     }
 
     fn reserve_exact(&mut self, additional: usize) {

@@ -23,10 +23,8 @@
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::id_hash::IdSet;
-use crate::id_index::IdIndex;
 use crate::ledger::{
-    expires_at, AccountLinks, Aligned, HistoryRow, Ledger, PendingStatus, PendingStatuses,
-    TransferLinks, NONE,
+    expires_at, AccountLinks, Aligned, HistoryRow, Ledger, PendingStatus, TransferLinks, NONE,
 };
 use crate::limits::{SNAPSHOT_HEADER_SIZE, SNAPSHOT_VERSION};
 use crate::types::{Account, AccountBalance, Transfer, TransferFlags};
@@ -152,6 +150,28 @@ impl Ledger {
     /// Rebuilds a ledger from `snapshot()` bytes. Any truncation, corruption or unknown version
     /// is an error, never a panic.
     pub fn restore(bytes: &[u8]) -> Result<Ledger, SnapshotError> {
+        Ledger::restore_sized(bytes, None)
+    }
+
+    /// Like `restore`, into a ledger built as `Ledger::with_capacity(accounts_max,
+    /// transfers_max)` (memory reserved and touched up front) in place of the capacities the
+    /// snapshot recorded: a node keeps its configured size across a restart, and an operator may
+    /// raise it. The snapshot's state must fit, or it is an error. History capacity, state,
+    /// digest and hash chain are the snapshot's.
+    ///
+    /// Panics if a capacity is not below `u32::MAX` (as `with_capacity` does).
+    pub fn restore_with_capacity(
+        bytes: &[u8],
+        accounts_max: usize,
+        transfers_max: usize,
+    ) -> Result<Ledger, SnapshotError> {
+        Ledger::restore_sized(bytes, Some((accounts_max, transfers_max)))
+    }
+
+    fn restore_sized(
+        bytes: &[u8],
+        capacity: Option<(usize, usize)>,
+    ) -> Result<Ledger, SnapshotError> {
         if bytes.len() < SNAPSHOT_HEADER_SIZE + META_SIZE + TRAILER_SIZE {
             return Err(SnapshotError::Truncated { size: bytes.len() });
         }
@@ -172,7 +192,7 @@ impl Ledger {
         if reader.u32()? != 0 {
             return Err(SnapshotError::Invalid("reserved header field is not zero"));
         }
-        let ledger = Self::read_body(&mut reader)?;
+        let ledger = Self::read_body(&mut reader, capacity)?;
         if !reader.bytes.is_empty() {
             return Err(SnapshotError::Invalid(
                 "trailing bytes after the last section",
@@ -181,7 +201,10 @@ impl Ledger {
         Ok(ledger)
     }
 
-    fn read_body(reader: &mut Reader<'_>) -> Result<Ledger, SnapshotError> {
+    fn read_body(
+        reader: &mut Reader<'_>,
+        capacity_configured: Option<(usize, usize)>,
+    ) -> Result<Ledger, SnapshotError> {
         let capacity = |value: u64| {
             usize::try_from(value)
                 .ok()
@@ -191,7 +214,12 @@ impl Ledger {
         let accounts_max = capacity(reader.u64()?)?;
         let transfers_max = capacity(reader.u64()?)?;
         let history_rows_max = capacity(reader.u64()?)?;
-        let mut ledger = Ledger::empty(accounts_max, transfers_max, history_rows_max);
+        let mut ledger = match capacity_configured {
+            None => Ledger::empty(accounts_max, transfers_max, history_rows_max),
+            Some((accounts_max, transfers_max)) => {
+                Ledger::with_limits(accounts_max, transfers_max, history_rows_max)
+            }
+        };
         ledger.last_timestamp = reader.u64()?;
         ledger.batches_applied = reader.u64()?;
         ledger.hash_chain = reader.u128()?;
@@ -234,18 +262,21 @@ impl Ledger {
         if count > self.accounts_max {
             return Err(SnapshotError::Invalid("more accounts than capacity"));
         }
-        self.accounts = bytes
-            .chunks_exact(128)
-            .map(|chunk| Aligned(Account::read_from_bytes(chunk).expect("128 bytes")))
-            .collect();
-        self.account_links = vec![
+        // Appended, not replaced: a ledger built `with_capacity` keeps the memory it reserved.
+        assert!(self.accounts.is_empty());
+        self.accounts.extend(
+            bytes
+                .chunks_exact(128)
+                .map(|chunk| Aligned(Account::read_from_bytes(chunk).expect("128 bytes"))),
+        );
+        self.account_links.resize(
+            count,
             AccountLinks {
                 transfers_head: NONE,
                 history_head: NONE,
-            };
-            count
-        ];
-        self.account_indexes = IdIndex::with_capacity(count);
+            },
+        );
+        self.account_indexes.reserve(count);
         for index in 0..count {
             let id = self.accounts[index].id;
             if self.account_index_of(id).is_some() {
@@ -263,12 +294,14 @@ impl Ledger {
         if count > self.transfers_max {
             return Err(SnapshotError::Invalid("more transfers than capacity"));
         }
-        self.transfers = bytes
-            .chunks_exact(128)
-            .map(|chunk| Aligned(Transfer::read_from_bytes(chunk).expect("128 bytes")))
-            .collect();
-        self.transfer_links = Vec::with_capacity(count);
-        self.pending_statuses = PendingStatuses::with_transfers(count);
+        assert!(self.transfers.is_empty());
+        self.transfers.extend(
+            bytes
+                .chunks_exact(128)
+                .map(|chunk| Aligned(Transfer::read_from_bytes(chunk).expect("128 bytes"))),
+        );
+        self.transfer_links.reserve(count);
+        self.pending_statuses.push_transfers(count);
         self.transfer_indexes.reserve(count);
         for index in 0..count {
             let transfer = self.transfers[index];
@@ -395,5 +428,74 @@ impl Ledger {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::CreateTransferResult;
+    use crate::types::EventResult;
+
+    fn ledger_with_transfers(accounts_max: usize, transfers_max: usize) -> Ledger {
+        let mut ledger = Ledger::with_capacity(accounts_max, transfers_max);
+        let accounts: Vec<Account> = (1..=3u128)
+            .map(|id| Account {
+                id,
+                ledger: 1,
+                code: 1,
+                ..Account::default()
+            })
+            .collect();
+        ledger.create_accounts(1, &accounts);
+        let transfers: Vec<Transfer> = (100..110u128)
+            .map(|id| Transfer {
+                id,
+                debit_account_id: 1 + id % 3,
+                credit_account_id: 1 + (id + 1) % 3,
+                amount: id,
+                ledger: 1,
+                code: 1,
+                flags: if id % 2 == 0 {
+                    TransferFlags::PENDING
+                } else {
+                    0
+                },
+                ..Transfer::default()
+            })
+            .collect();
+        let results = ledger.create_transfers(10, &transfers);
+        assert!(results
+            .iter()
+            .all(|result: &EventResult| result.status == CreateTransferResult::Ok as u32));
+        ledger
+    }
+
+    #[test]
+    fn restore_with_capacity_keeps_the_state_and_takes_the_new_capacity() {
+        let ledger = ledger_with_transfers(8, 64);
+        let bytes = ledger.snapshot();
+        let restored = Ledger::restore_with_capacity(&bytes, 16, 1024).expect("restore");
+        restored.check_invariants();
+        assert_eq!(restored.accounts_max(), 16);
+        assert_eq!(restored.transfers_max(), 1024);
+        assert_eq!(restored.digest(), ledger.digest());
+        assert_eq!(restored.hash_chain(), ledger.hash_chain());
+        assert_eq!(restored.transfers_count(), ledger.transfers_count());
+        // Reserved up front, as `with_capacity` does: no growth on the hot path.
+        assert!(restored.transfers.capacity() >= 1024);
+        assert!(restored.accounts.capacity() >= 16);
+        // The same capacity gives back the very same bytes.
+        let same = Ledger::restore_with_capacity(&bytes, 8, 64).expect("restore");
+        assert_eq!(same.snapshot(), bytes);
+        assert_eq!(Ledger::restore(&bytes).expect("restore").snapshot(), bytes);
+    }
+
+    #[test]
+    fn restore_with_capacity_refuses_a_state_that_does_not_fit() {
+        let bytes = ledger_with_transfers(8, 64).snapshot();
+        assert!(Ledger::restore_with_capacity(&bytes, 2, 64).is_err());
+        assert!(Ledger::restore_with_capacity(&bytes, 8, 9).is_err());
+        assert!(Ledger::restore_with_capacity(&bytes, 3, 10).is_ok());
     }
 }

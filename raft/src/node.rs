@@ -43,6 +43,7 @@ use crate::network::NetworkSettings;
 use crate::network::TcpTransport;
 use crate::network::Transport;
 use crate::snapshots::SnapshotFiles;
+pub use crate::state_machine::LedgerCapacity;
 use crate::state_machine::StateMachine;
 use crate::types::Batch;
 use crate::types::NodeId;
@@ -81,6 +82,10 @@ pub struct NodeConfig {
     /// Seeds openraft's randomness (election timeouts) on this node. Random
     /// by default; the simulator derives it from the run's seed.
     pub rng_seed: u64,
+    /// The ledger's size, reserved at start-up. `None` (the default): the
+    /// engine's default limits, memory grown on demand (a pause on the
+    /// business-logic thread each time a table doubles).
+    pub ledger_capacity: Option<LedgerCapacity>,
 }
 
 impl NodeConfig {
@@ -105,6 +110,7 @@ impl NodeConfig {
             checkpoint_every_entries: CHECKPOINT_EVERY_ENTRIES_DEFAULT,
             clock: crate::wall_clock(),
             rng_seed: rand::random(),
+            ledger_capacity: None,
         }
     }
 }
@@ -263,11 +269,16 @@ impl Node {
         let drift = Arc::new(DriftState::default());
         let (checkpoint_sink, checkpoints) =
             tokio::sync::mpsc::channel::<Checkpoint>(CHECKPOINTS_KEPT);
-        let state_machine = StateMachine::open_with(snapshots, environment.threads, |core| {
-            core.checkpoint_every_entries = config.checkpoint_every_entries;
-            core.drift = Arc::clone(&drift);
-            core.checkpoint_sink = Some(checkpoint_sink);
-        })
+        let state_machine = StateMachine::open_with(
+            snapshots,
+            environment.threads,
+            config.ledger_capacity,
+            |core| {
+                core.checkpoint_every_entries = config.checkpoint_every_entries;
+                core.drift = Arc::clone(&drift);
+                core.checkpoint_sink = Some(checkpoint_sink);
+            },
+        )
         .map_err(|error| StartError::Journal(error.to_string()))?;
         let ring = Arc::clone(state_machine.ring());
 

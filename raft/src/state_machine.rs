@@ -26,11 +26,47 @@ use crate::types::StoredMembership;
 use crate::types::TypeConfig;
 use crate::Threads;
 
+/// How many accounts and transfer ids the ledger holds, with its memory reserved (and touched)
+/// at start-up so the business-logic thread never stops to grow a table. Every member of a
+/// cluster must be given the same: the limits decide results (`accounts_capacity_exceeded`,
+/// `transfers_capacity_exceeded`), and a member that answers differently is caught as drift.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LedgerCapacity {
+    pub accounts_max: usize,
+    pub transfers_max: usize,
+}
+
+impl LedgerCapacity {
+    /// An empty ledger of this capacity; `None`: the engine's default limits
+    /// (`Ledger::new`), memory grown on demand.
+    pub fn new_ledger(capacity: Option<LedgerCapacity>) -> Ledger {
+        match capacity {
+            Some(capacity) => Ledger::with_capacity(capacity.accounts_max, capacity.transfers_max),
+            None => Ledger::new(),
+        }
+    }
+
+    /// A ledger restored from snapshot bytes, sized to this capacity (not the one the snapshot
+    /// recorded); `None`: as the snapshot recorded, grown on demand.
+    pub fn restore_ledger(
+        capacity: Option<LedgerCapacity>,
+        bytes: &[u8],
+    ) -> Result<Ledger, tally_engine::SnapshotError> {
+        match capacity {
+            Some(capacity) => {
+                Ledger::restore_with_capacity(bytes, capacity.accounts_max, capacity.transfers_max)
+            }
+            None => Ledger::restore(bytes),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct StateMachine {
     ring: Arc<ApplyRing>,
     snapshots: Arc<SnapshotFiles>,
     threads: Threads,
+    capacity: Option<LedgerCapacity>,
 }
 
 impl StateMachine {
@@ -41,26 +77,29 @@ impl StateMachine {
         snapshots: Arc<SnapshotFiles>,
         configure: impl FnOnce(&mut Core),
     ) -> io::Result<StateMachine> {
-        StateMachine::open_with(snapshots, Threads::Dedicated, configure)
+        StateMachine::open_with(snapshots, Threads::Dedicated, None, configure)
     }
 
     /// As [`StateMachine::open`]; with `Threads::Inline` the engine runs on
-    /// the calling task (no business-logic thread), for the simulator.
+    /// the calling task (no business-logic thread), for the simulator. The
+    /// ledger (fresh, restored or installed) has `capacity`.
     pub fn open_with(
         snapshots: Arc<SnapshotFiles>,
         threads: Threads,
+        capacity: Option<LedgerCapacity>,
         configure: impl FnOnce(&mut Core),
     ) -> io::Result<StateMachine> {
         let mut core = match snapshots.load_latest()? {
             Some((meta, data)) => {
-                let ledger = Ledger::restore(&data).map_err(io::Error::other)?;
+                let ledger =
+                    LedgerCapacity::restore_ledger(capacity, &data).map_err(io::Error::other)?;
                 tracing::info!(last_log_id = ?meta.last_log_id, "restored the ledger from a snapshot");
                 let mut core = Core::new(ledger);
                 core.last_applied = meta.last_log_id;
                 core.membership = meta.last_membership;
                 core
             }
-            None => Core::new(Ledger::new()),
+            None => Core::new(LedgerCapacity::new_ledger(capacity)),
         };
         configure(&mut core);
         let ring = match threads {
@@ -71,6 +110,7 @@ impl StateMachine {
             ring,
             snapshots,
             threads,
+            capacity,
         })
     }
 
@@ -89,18 +129,23 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         // Encoding runs on the business-logic thread: the state is consistent
         // with `last_applied` and nothing else can touch it meanwhile.
-        let (data, last_applied, membership) = self
+        // It pauses every write for its duration (design.md §4, "Snapshots"): measured.
+        let (data, last_applied, membership, encode_seconds) = self
             .ring
             .run(|core: &mut Core| {
+                let started = std::time::Instant::now();
                 core.events_since_snapshot = 0;
+                let data = core.ledger.snapshot();
                 (
-                    core.ledger.snapshot(),
+                    data,
                     core.last_applied,
                     core.membership.clone(),
+                    started.elapsed().as_secs_f64(),
                 )
             })
             .await
             .map_err(ring_error)?;
+        metrics::histogram!("tally_snapshot_encode_seconds").record(encode_seconds);
         let meta = SnapshotMeta {
             last_log_id: last_applied,
             last_membership: membership,
@@ -115,7 +160,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         )
         .await?;
         metrics::counter!("tally_snapshots_built_total").increment(1);
-        tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "snapshot built");
+        tracing::info!(
+            last_log_id = ?meta.last_log_id,
+            bytes = data.len(),
+            encode_ms = encode_seconds * 1000.0,
+            "snapshot built"
+        );
         Ok(Snapshot {
             meta,
             snapshot: data,
@@ -176,9 +226,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), io::Error> {
         let snapshots = Arc::clone(&self.snapshots);
         let saved_meta = meta.clone();
+        let capacity = self.capacity;
         let (ledger, snapshot) =
             crate::blocking(self.threads, move || -> io::Result<(Ledger, Vec<u8>)> {
-                let ledger = Ledger::restore(&snapshot)
+                let ledger = LedgerCapacity::restore_ledger(capacity, &snapshot)
                     .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
                 snapshots.save(&saved_meta, &snapshot)?;
                 Ok((ledger, snapshot))

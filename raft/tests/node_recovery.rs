@@ -7,6 +7,7 @@ use bytes::Bytes;
 use tally_engine::Account;
 use tally_engine::Operation;
 use tally_engine::Transfer;
+use tally_raft::node::LedgerCapacity;
 use tally_raft::node::Node;
 use tally_raft::node::NodeConfig;
 use zerocopy::IntoBytes;
@@ -35,8 +36,17 @@ fn transfer(id: u128, debit: u128, credit: u128, amount: u128) -> Transfer {
 }
 
 async fn start(dir: &std::path::Path, snapshot_every_entries: u64) -> Node {
+    start_sized(dir, snapshot_every_entries, None).await
+}
+
+async fn start_sized(
+    dir: &std::path::Path,
+    snapshot_every_entries: u64,
+    ledger_capacity: Option<LedgerCapacity>,
+) -> Node {
     let mut config = NodeConfig::single(dir.to_path_buf(), "127.0.0.1:0".into());
     config.snapshot_every_entries = snapshot_every_entries;
+    config.ledger_capacity = ledger_capacity;
     let node = Node::start(config).await.expect("node starts");
     assert!(
         node.wait_for_leader(Duration::from_secs(10)).await,
@@ -106,5 +116,50 @@ async fn restart_recovers_from_snapshot_and_log_with_the_same_digest() {
         .await
         .expect("read");
     assert_eq!(found, 2);
+    node.shutdown().await;
+}
+
+/// A sized ledger keeps its configured capacity across a restart from a snapshot (raised here),
+/// with the same digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_from_a_snapshot_keeps_the_configured_capacity() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let capacity = |transfers_max| LedgerCapacity {
+        accounts_max: 8,
+        transfers_max,
+    };
+    let node = start_sized(dir.path(), 20, Some(capacity(100))).await;
+    let accounts: Vec<Account> = (1..=4).map(account).collect();
+    let results = node
+        .submit(
+            Operation::CreateAccounts,
+            Bytes::copy_from_slice(accounts.as_bytes()),
+        )
+        .await
+        .expect("create accounts");
+    assert!(results.iter().all(|result| result.status == OK));
+    submit_transfers(&node, 100, 60).await;
+    assert!(
+        node.status().snapshot_index.is_some(),
+        "a snapshot was taken"
+    );
+    let sizes = |ledger: &tally_engine::Ledger| (ledger.accounts_max(), ledger.transfers_max());
+    assert_eq!(node.read_local(sizes).await.expect("read"), (8, 100));
+    let before = node.ledger_status().await.expect("status");
+    node.shutdown().await;
+    drop(node);
+
+    let node = start_sized(dir.path(), 20, Some(capacity(200))).await;
+    let mut after = node.ledger_status().await.expect("status");
+    for _ in 0..100 {
+        if after.transfers == before.transfers {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after = node.ledger_status().await.expect("status");
+    }
+    assert_eq!(after.digest, before.digest, "same state after restart");
+    assert_eq!(node.read_local(sizes).await.expect("read"), (8, 200));
+    submit_transfers(&node, 1000, 5).await;
     node.shutdown().await;
 }
