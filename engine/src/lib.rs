@@ -25,6 +25,7 @@ pub use id_index::{IdIndex, Probe};
 pub use ledger::{BatchError, Ledger};
 pub use results::{CreateAccountResult, CreateTransferResult};
 pub use snapshot::SnapshotError;
+pub use snapshot::SnapshotWriter;
 pub use types::{
     Account, AccountBalance, AccountFilter, AccountFlags, EventResult, LedgerTotals, Operation,
     Transfer, TransferFlags, UnknownOperation,

@@ -50,6 +50,43 @@ pub enum SnapshotError {
     Invalid(&'static str),
 }
 
+/// A snapshot being encoded in steps (`Ledger::snapshot_begin`, `snapshot_continue`, `finish`),
+/// so the thread that owns the ledger is never stopped for the whole encoding.
+#[derive(Debug)]
+pub struct SnapshotWriter {
+    /// Header, meta, accounts, then the transfers copied so far.
+    bytes: Vec<u8>,
+    /// Pending statuses, failed ids and history rows, as they were at the beginning.
+    tail: Vec<u8>,
+    size: usize,
+    transfers_count: usize,
+    transfers_written: usize,
+    hash_chain: u128,
+}
+
+impl SnapshotWriter {
+    /// Transfers still to copy with `Ledger::snapshot_continue`.
+    pub fn transfers_left(&self) -> usize {
+        self.transfers_count - self.transfers_written
+    }
+
+    /// The hash chain of the ledger the snapshot is of.
+    pub fn hash_chain(&self) -> u128 {
+        self.hash_chain
+    }
+
+    /// The snapshot bytes: the rest of the body and the checksum. Needs no ledger, so it can run
+    /// on another thread. Panics if transfers are left to copy.
+    pub fn finish(mut self) -> Vec<u8> {
+        assert_eq!(self.transfers_left(), 0);
+        self.bytes.extend_from_slice(&self.tail);
+        let checksum = crc32c::crc32c(&self.bytes);
+        self.bytes.extend_from_slice(&checksum.to_le_bytes());
+        assert_eq!(self.bytes.len(), self.size);
+        self.bytes
+    }
+}
+
 /// Reads fields in order, failing (not panicking) past the end.
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -87,18 +124,32 @@ impl<'a> Reader<'a> {
 impl Ledger {
     /// The whole state, versioned and checksummed. Deterministic: equal ledgers give equal bytes.
     pub fn snapshot(&self) -> Vec<u8> {
+        let mut writer = self.snapshot_begin();
+        let done = self.snapshot_continue(&mut writer, usize::MAX);
+        assert!(done);
+        writer.finish()
+    }
+
+    /// Starts a snapshot of the ledger as it is now, to be completed by `snapshot_continue`
+    /// between later batches and `SnapshotWriter::finish`: the bytes equal what `snapshot()`
+    /// returns now. Copies what a later batch may change (meta, accounts, pending statuses,
+    /// failed ids, history rows); the transfers are left for `snapshot_continue`, because a
+    /// transfer record never changes once its batch is applied and transfers are only appended
+    /// (a linked chain's rollback pops only transfers of its own batch).
+    pub fn snapshot_begin(&self) -> SnapshotWriter {
         let mut pending: Vec<(u32, PendingStatus)> = self.pending_statuses.iter().collect();
         pending.sort_unstable_by_key(|(index, _)| *index);
         let mut failed_ids: Vec<u128> = self.failed_ids.iter().copied().collect();
         failed_ids.sort_unstable();
 
+        let tail_size = pending.len() * PENDING_RECORD_SIZE
+            + failed_ids.len() * 16
+            + self.history.len() * HISTORY_RECORD_SIZE;
         let size = SNAPSHOT_HEADER_SIZE
             + META_SIZE
             + self.accounts.len() * 128
             + self.transfers.len() * 128
-            + pending.len() * PENDING_RECORD_SIZE
-            + failed_ids.len() * 16
-            + self.history.len() * HISTORY_RECORD_SIZE
+            + tail_size
             + TRAILER_SIZE;
         let mut bytes = Vec::with_capacity(size);
         bytes.extend_from_slice(MAGIC);
@@ -126,25 +177,44 @@ impl Ledger {
         for account in &self.accounts {
             bytes.extend_from_slice(account.as_bytes());
         }
-        for transfer in &self.transfers {
-            bytes.extend_from_slice(transfer.as_bytes());
-        }
+        let mut tail = Vec::with_capacity(tail_size);
         for (index, status) in &pending {
-            bytes.extend_from_slice(&index.to_le_bytes());
-            bytes.extend_from_slice(&[*status as u8, 0, 0, 0]);
+            tail.extend_from_slice(&index.to_le_bytes());
+            tail.extend_from_slice(&[*status as u8, 0, 0, 0]);
         }
         for id in &failed_ids {
-            bytes.extend_from_slice(&id.to_le_bytes());
+            tail.extend_from_slice(&id.to_le_bytes());
         }
         for row in &self.history {
-            bytes.extend_from_slice(&row.account_index.to_le_bytes());
-            bytes.extend_from_slice(&row.transfer_index.to_le_bytes());
-            bytes.extend_from_slice(row.balance.as_bytes());
+            tail.extend_from_slice(&row.account_index.to_le_bytes());
+            tail.extend_from_slice(&row.transfer_index.to_le_bytes());
+            tail.extend_from_slice(row.balance.as_bytes());
         }
-        let checksum = crc32c::crc32c(&bytes);
-        bytes.extend_from_slice(&checksum.to_le_bytes());
-        assert_eq!(bytes.len(), size);
-        bytes
+        assert_eq!(tail.len(), tail_size);
+        SnapshotWriter {
+            bytes,
+            tail,
+            size,
+            transfers_count: self.transfers.len(),
+            transfers_written: 0,
+            hash_chain: self.hash_chain,
+        }
+    }
+
+    /// Copies up to `transfers_max` more of the transfers `writer` was begun with; true once all
+    /// are copied. `self` must be the ledger the writer was begun on, or one that has only
+    /// applied batches since (asserted as far as cheap: it holds at least as many transfers).
+    pub fn snapshot_continue(&self, writer: &mut SnapshotWriter, transfers_max: usize) -> bool {
+        assert!(transfers_max > 0);
+        assert!(self.transfers.len() >= writer.transfers_count);
+        let end = writer
+            .transfers_count
+            .min(writer.transfers_written.saturating_add(transfers_max));
+        for transfer in &self.transfers[writer.transfers_written..end] {
+            writer.bytes.extend_from_slice(transfer.as_bytes());
+        }
+        writer.transfers_written = end;
+        writer.transfers_written == writer.transfers_count
     }
 
     /// Rebuilds a ledger from `snapshot()` bytes. Any truncation, corruption or unknown version
@@ -497,5 +567,38 @@ mod tests {
         assert!(Ledger::restore_with_capacity(&bytes, 2, 64).is_err());
         assert!(Ledger::restore_with_capacity(&bytes, 8, 9).is_err());
         assert!(Ledger::restore_with_capacity(&bytes, 3, 10).is_ok());
+    }
+
+    #[test]
+    fn a_snapshot_in_steps_is_the_snapshot_of_its_beginning() {
+        let mut ledger = ledger_with_transfers(8, 64);
+        let expected = ledger.snapshot();
+        let mut writer = ledger.snapshot_begin();
+        assert_eq!(writer.transfers_left(), 10);
+        assert!(!ledger.snapshot_continue(&mut writer, 3));
+        // Later batches: more transfers, and pending transfers posted and voided (statuses and
+        // balances change); none of it may reach the snapshot begun before.
+        let resolve = |id: u128, pending_id: u128, flags: u16| Transfer {
+            id,
+            pending_id,
+            ledger: 1,
+            code: 1,
+            flags,
+            ..Transfer::default()
+        };
+        let later = [
+            resolve(200, 100, TransferFlags::POST_PENDING_TRANSFER),
+            resolve(201, 102, TransferFlags::VOID_PENDING_TRANSFER),
+        ];
+        let results = ledger.create_transfers(1_000, &later);
+        assert!(results
+            .iter()
+            .all(|result| result.status == CreateTransferResult::Ok as u32));
+        assert_ne!(ledger.snapshot(), expected);
+        while !ledger.snapshot_continue(&mut writer, 3) {}
+        assert_eq!(writer.transfers_left(), 0);
+        let bytes = writer.finish();
+        assert_eq!(bytes, expected);
+        assert!(Ledger::restore(&bytes).is_ok());
     }
 }

@@ -46,6 +46,9 @@ pub struct Core {
     /// Events applied since the last snapshot was built or installed: the
     /// log a restart would have to re-apply (drives the snapshot policy).
     pub events_since_snapshot: u64,
+    /// Counts ledger replacements (installed snapshots): a snapshot encoded in
+    /// steps is abandoned if the ledger it began on was replaced.
+    pub ledger_generation: u64,
 }
 
 impl Core {
@@ -59,6 +62,7 @@ impl Core {
             drift: Arc::new(DriftState::default()),
             checkpoint_sink: None,
             events_since_snapshot: 0,
+            ledger_generation: 0,
         }
     }
 

@@ -54,3 +54,9 @@ const _: () = assert!(
         * tally_engine::limits::EVENT_SIZE
         < RPC_FRAME_BYTES_MAX
 );
+
+/// Transfers copied into a snapshot per step on the business-logic thread: 2^16 × 128 bytes =
+/// 8 MiB, a few milliseconds; batches are applied between steps.
+pub const SNAPSHOT_TRANSFERS_PER_STEP: usize = 1 << 16;
+
+const _: () = assert!(SNAPSHOT_TRANSFERS_PER_STEP > 0);

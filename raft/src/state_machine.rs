@@ -12,11 +12,13 @@ use openraft::storage::RaftStateMachine;
 use openraft::OptionalSend;
 use openraft::RaftSnapshotBuilder;
 use tally_engine::Ledger;
+use tally_engine::SnapshotWriter;
 
 use crate::apply::ApplyRing;
 use crate::apply::Core;
 use crate::apply::Job;
 use crate::limits::APPLY_ENTRIES_PER_PUBLISH;
+use crate::limits::SNAPSHOT_TRANSFERS_PER_STEP;
 use crate::snapshots::SnapshotFiles;
 use crate::types::LogId;
 use crate::types::Snapshot;
@@ -119,6 +121,54 @@ impl StateMachine {
     }
 }
 
+/// A snapshot's writer with everything copied, and what it is of.
+type Encoded = (SnapshotWriter, Option<LogId>, StoredMembership, f64);
+
+impl StateMachine {
+    /// Begins a snapshot on the business-logic thread and copies the transfers
+    /// a step at a time; `None` if the ledger was replaced (a snapshot was
+    /// installed) in between. Also returns the longest step, in seconds.
+    async fn encode_in_steps(&self) -> io::Result<Option<Encoded>> {
+        let (mut writer, last_applied, membership, generation, mut pause_seconds_max) = self
+            .ring
+            .run(|core: &mut Core| {
+                let started = std::time::Instant::now();
+                core.events_since_snapshot = 0;
+                let writer = core.ledger.snapshot_begin();
+                (
+                    writer,
+                    core.last_applied,
+                    core.membership.clone(),
+                    core.ledger_generation,
+                    started.elapsed().as_secs_f64(),
+                )
+            })
+            .await
+            .map_err(ring_error)?;
+        while writer.transfers_left() > 0 {
+            let step = self
+                .ring
+                .run(move |core: &mut Core| {
+                    let started = std::time::Instant::now();
+                    if core.ledger_generation != generation {
+                        return (writer, None);
+                    }
+                    core.ledger
+                        .snapshot_continue(&mut writer, SNAPSHOT_TRANSFERS_PER_STEP);
+                    (writer, Some(started.elapsed().as_secs_f64()))
+                })
+                .await
+                .map_err(ring_error)?;
+            let Some(seconds) = step.1 else {
+                return Ok(None);
+            };
+            writer = step.0;
+            pause_seconds_max = pause_seconds_max.max(seconds);
+        }
+        Ok(Some((writer, last_applied, membership, pause_seconds_max)))
+    }
+}
+
 fn ring_error(error: crate::apply::RingClosed) -> io::Error {
     io::Error::other(error)
 }
@@ -127,25 +177,16 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        // Encoding runs on the business-logic thread: the state is consistent
-        // with `last_applied` and nothing else can touch it meanwhile.
-        // It pauses every write for its duration (design.md §4, "Snapshots"): measured.
-        let (data, last_applied, membership, encode_seconds) = self
-            .ring
-            .run(|core: &mut Core| {
-                let started = std::time::Instant::now();
-                core.events_since_snapshot = 0;
-                let data = core.ledger.snapshot();
-                (
-                    data,
-                    core.last_applied,
-                    core.membership.clone(),
-                    started.elapsed().as_secs_f64(),
-                )
-            })
-            .await
-            .map_err(ring_error)?;
-        metrics::histogram!("tally_snapshot_encode_seconds").record(encode_seconds);
+        // Encoded in steps on the business-logic thread, batches applied in between
+        // (design.md §4, "Snapshots"): the first step copies what batches may change,
+        // the next ones the append-only transfers; the checksum is computed elsewhere.
+        let (writer, last_applied, membership, pause_seconds_max) = loop {
+            if let Some(encoded) = self.encode_in_steps().await? {
+                break encoded;
+            }
+            tracing::info!("snapshot restarted: the ledger was replaced while encoding");
+        };
+        metrics::histogram!("tally_snapshot_step_seconds_max").record(pause_seconds_max);
         let meta = SnapshotMeta {
             last_log_id: last_applied,
             last_membership: membership,
@@ -154,6 +195,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let (meta, data) = crate::blocking(
             self.threads,
             move || -> io::Result<(SnapshotMeta, Vec<u8>)> {
+                let data = writer.finish();
                 snapshots.save(&meta, &data)?;
                 Ok((meta, data))
             },
@@ -163,7 +205,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         tracing::info!(
             last_log_id = ?meta.last_log_id,
             bytes = data.len(),
-            encode_ms = encode_seconds * 1000.0,
+            step_ms_max = pause_seconds_max * 1000.0,
             "snapshot built"
         );
         Ok(Snapshot {
@@ -240,6 +282,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.ring
             .run(move |core: &mut Core| {
                 core.ledger = ledger;
+                core.ledger_generation += 1;
                 core.last_applied = meta.last_log_id;
                 core.membership = meta.last_membership;
                 // Checkpoints recorded before were of a state this one replaces.
