@@ -651,6 +651,10 @@ async fn healthz(State(state): State<AppState>) -> Response {
     if node_status.divergence.is_some() {
         body.insert("status", "diverged".into());
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    } else if node_status.leader_without_quorum {
+        // Cut off from the majority: it cannot commit, whatever it calls itself.
+        body.insert("status", "leader without a quorum".into());
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     } else if node_status.leader_id.is_some() {
         body.insert("status", "ok".into());
         (StatusCode::OK, Json(body)).into_response()

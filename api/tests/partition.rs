@@ -41,6 +41,7 @@ use common::cluster::account_id;
 use common::cluster::agent;
 use common::cluster::audit;
 use common::cluster::create_accounts;
+use common::cluster::get;
 use common::cluster::post;
 use common::cluster::serial;
 use common::cluster::transfer_json;
@@ -376,6 +377,18 @@ fn a_cut_off_leader_acknowledges_nothing_the_majority_goes_on_and_healing_conver
     assert!(
         majority_committed > minority_committed,
         "the majority commits past the cut-off node"
+    );
+    // It may still call itself leader, but no majority has acknowledged it for longer than its
+    // lease: its health check says it cannot serve.
+    let health = get(
+        &agent(5_000),
+        &format!("{}/healthz", cluster.members[&leader].base()),
+    )
+    .expect("the cut-off node answers /healthz");
+    assert_eq!(
+        health.status, 503,
+        "a cut-off node must not report healthy: {}",
+        health.body
     );
 
     // Healed: the old leader learns the new term, follows and catches up; with a shorter log it

@@ -179,6 +179,13 @@ pub struct NodeStatus {
     pub checkpoint_verified: Option<Checkpoint>,
     /// Set when a checkpoint mismatch was found: this node stopped serving.
     pub divergence: Option<Divergence>,
+    /// Leader only: how long ago a majority last acknowledged this leader.
+    pub quorum_acked_ms_ago: Option<u64>,
+    /// This node calls itself leader of a multi-voter cluster, but no majority
+    /// has acknowledged it for longer than its lease (the election timeout
+    /// maximum): it is cut off and cannot commit. openraft does not step such a
+    /// leader down; `/healthz` answers 503 for it.
+    pub leader_without_quorum: bool,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -210,6 +217,8 @@ struct NodeInner {
     ingress: Ingress,
     drift: Arc<DriftState>,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The leader lease: the election timeout maximum.
+    lease_ms: u64,
 }
 
 /// What a node runs on: its disk, how it runs blocking work, its network.
@@ -355,6 +364,7 @@ impl Node {
                 ingress,
                 drift,
                 tasks: std::sync::Mutex::new(tasks),
+                lease_ms: config.election_timeout_max_ms,
             }),
         })
     }
@@ -459,6 +469,15 @@ impl Node {
                     .collect()
             })
             .unwrap_or_default();
+        let leading = metrics.current_leader == Some(self.inner.node_id);
+        let quorum_acked_ms_ago = metrics.last_quorum_acked.filter(|_| leading).map(|acked| {
+            use openraft::Instant as _;
+            u64::try_from(acked.elapsed().as_millis()).unwrap_or(u64::MAX)
+        });
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let leader_without_quorum = leading
+            && voters.len() > 1
+            && quorum_acked_ms_ago.is_none_or(|ago| ago > self.inner.lease_ms);
         NodeStatus {
             node_id: self.inner.node_id,
             state: format!("{:?}", metrics.state),
@@ -473,13 +492,15 @@ impl Node {
                 .nodes()
                 .map(|(id, info)| (*id, info.clone()))
                 .collect(),
-            voters: membership.voter_ids().collect(),
+            voters,
             learners: membership.learner_ids().collect(),
             joint: membership.get_joint_config().len() > 1,
             replication,
             checkpoint_recorded: self.inner.drift.last_recorded(),
             checkpoint_verified: self.inner.drift.last_verified(),
             divergence: self.inner.drift.divergence(),
+            quorum_acked_ms_ago,
+            leader_without_quorum,
         }
     }
 
