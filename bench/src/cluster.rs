@@ -136,6 +136,9 @@ impl Node {
             .args(arguments)
             .env("RUST_LOG", "warn")
             .env("TALLY_CLUSTER_SECRET", SECRET)
+            // Three nodes share the machine: 16M transfers each (about 2.7 GiB reserved) holds a
+            // default run with room.
+            .envs(process::capacity_env(16 << 20))
             .env_remove("TALLY_API_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

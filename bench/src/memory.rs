@@ -67,7 +67,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         None => process::locate_tally()?,
     };
     let directory = tempfile::tempdir()?;
-    let mut server = ServerProcess::start(&tally, directory.path())?;
+    // Growing on demand: peak RSS then follows what is stored, not what is reserved.
+    let mut server = ServerProcess::start_with(&tally, directory.path(), Vec::new())?;
     let runtime = crate::load::runtime()?;
     let outcome = runtime.block_on(measure(&args, &server));
     server.stop();

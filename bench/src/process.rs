@@ -47,8 +47,40 @@ pub(crate) struct ServerProcess {
     pub(crate) address: String,
 }
 
+/// Ledger capacity for the nodes the benchmarks start, reserved up front the way a production
+/// node is configured (`tally start --accounts-max N --transfers-max N`), so the business-logic
+/// thread never stops mid-run to grow its tables. `TALLY_ACCOUNTS_MAX`/`TALLY_TRANSFERS_MAX` set
+/// in the benchmark's own environment win (the child inherits them); set both to measure other
+/// sizes.
+pub(crate) fn capacity_env(transfers_max: u64) -> Vec<(&'static str, String)> {
+    let configured = std::env::var_os("TALLY_ACCOUNTS_MAX").is_some()
+        || std::env::var_os("TALLY_TRANSFERS_MAX").is_some();
+    if configured {
+        return Vec::new();
+    }
+    vec![
+        ("TALLY_ACCOUNTS_MAX", BENCH_ACCOUNTS_MAX.to_string()),
+        ("TALLY_TRANSFERS_MAX", transfers_max.to_string()),
+    ]
+}
+
+pub(crate) const BENCH_ACCOUNTS_MAX: u64 = 1 << 20;
+/// A single node: 10 s phases at up to ~1.5M transfers/s fit, with room (about 4 GiB reserved).
+pub(crate) const SERVER_TRANSFERS_MAX: u64 = 24 << 20;
+
 impl ServerProcess {
+    /// A node with its ledger capacity reserved (see [`capacity_env`]).
     pub(crate) fn start(tally: &Path, directory: &Path) -> anyhow::Result<ServerProcess> {
+        ServerProcess::start_with(tally, directory, capacity_env(SERVER_TRANSFERS_MAX))
+    }
+
+    /// A node with `environment` added; an empty one leaves the ledger growing on demand (what
+    /// the memory benchmark measures).
+    pub(crate) fn start_with(
+        tally: &Path,
+        directory: &Path,
+        environment: Vec<(&'static str, String)>,
+    ) -> anyhow::Result<ServerProcess> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -61,6 +93,7 @@ impl ServerProcess {
             .arg("--http")
             .arg(&address)
             .env("RUST_LOG", "warn")
+            .envs(environment)
             .env_remove("TALLY_API_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
