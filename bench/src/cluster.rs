@@ -29,16 +29,15 @@ use std::time::Instant;
 use anyhow::Context;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use rand::Rng;
 use rand::SeedableRng;
 use tally_engine::limits::BATCH_EVENTS_MAX;
 use tally_engine::Account;
-use tally_engine::Transfer;
 use zerocopy::IntoBytes;
 
 use crate::http;
 use crate::http::Client;
 use crate::process;
+use crate::server;
 use crate::stats;
 
 /// How long every node may take to know a leader after start.
@@ -50,8 +49,8 @@ const RESEND_TIMEOUT_MS: u64 = 30_000;
 /// Pause before resending after a failure (no leader yet, connection refused).
 const RESEND_PAUSE_MS: u64 = 10;
 const POLL_MS: u64 = 50;
-const ACCOUNTS_COUNT: u64 = 10_000;
-const LEDGER: u32 = 1;
+use crate::server::ACCOUNTS_COUNT;
+use crate::server::LEDGER;
 const SECRET: &str = "tally-bench cluster secret";
 /// Result code of an `ok` event.
 const STATUS_OK: u32 = 0;
@@ -506,21 +505,7 @@ async fn create_accounts(address: &str) -> anyhow::Result<()> {
 }
 
 fn batch(random: &mut rand_chacha::ChaCha8Rng, first_id: u64) -> Bytes {
-    let transfers: Vec<Transfer> = (0..BATCH_EVENTS_MAX as u64)
-        .map(|offset| {
-            let debit = random.gen_range(1..=ACCOUNTS_COUNT);
-            let credit = 1 + debit % ACCOUNTS_COUNT;
-            Transfer {
-                id: u128::from(first_id + offset),
-                debit_account_id: u128::from(debit),
-                credit_account_id: u128::from(credit),
-                amount: 1,
-                ledger: LEDGER,
-                code: 1,
-                ..Transfer::default()
-            }
-        })
-        .collect();
+    let transfers = server::uniform_transfers(random, first_id, BATCH_EVENTS_MAX);
     Bytes::from(transfers.as_bytes().to_vec())
 }
 

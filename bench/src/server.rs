@@ -33,8 +33,8 @@ use crate::stats;
 
 /// Latencies are recorded in microseconds up to this bound.
 const LATENCY_MAX_MICROSECONDS: u64 = stats::LATENCY_MAX_MICROSECONDS;
-const ACCOUNTS_COUNT: u64 = 10_000;
-const LEDGER: u32 = 1;
+pub(crate) const ACCOUNTS_COUNT: u64 = 10_000;
+pub(crate) const LEDGER: u32 = 1;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -254,21 +254,7 @@ async fn client(
     };
     while tokio::time::Instant::now() < deadline {
         let first_id = next_id.fetch_add(events as u64, Ordering::Relaxed);
-        let transfers: Vec<Transfer> = (0..events as u64)
-            .map(|offset| {
-                let debit = random.gen_range(1..=ACCOUNTS_COUNT);
-                let credit = 1 + debit % ACCOUNTS_COUNT;
-                Transfer {
-                    id: u128::from(first_id + offset),
-                    debit_account_id: u128::from(debit),
-                    credit_account_id: u128::from(credit),
-                    amount: 1,
-                    ledger: LEDGER,
-                    code: 1,
-                    ..Transfer::default()
-                }
-            })
-            .collect();
+        let transfers = uniform_transfers(&mut random, first_id, events);
         let (content_type, body) = match kind {
             Kind::Binary => (
                 "application/octet-stream",
@@ -305,6 +291,30 @@ async fn client(
         }
     }
     Ok((tally, latency))
+}
+
+/// `count` transfers of 1 between random accounts `1..=ACCOUNTS_COUNT` of ledger `LEDGER`, ids
+/// from `first_id` on: the uniform workload of the server and cluster benchmarks.
+pub(crate) fn uniform_transfers(
+    random: &mut impl Rng,
+    first_id: u64,
+    count: usize,
+) -> Vec<Transfer> {
+    (0..count as u64)
+        .map(|offset| {
+            let debit = random.gen_range(1..=ACCOUNTS_COUNT);
+            let credit = 1 + debit % ACCOUNTS_COUNT;
+            Transfer {
+                id: u128::from(first_id + offset),
+                debit_account_id: u128::from(debit),
+                credit_account_id: u128::from(credit),
+                amount: 1,
+                ledger: LEDGER,
+                code: 1,
+                ..Transfer::default()
+            }
+        })
+        .collect()
 }
 
 fn count_ok(kind: Kind, answer: &[u8]) -> anyhow::Result<u64> {
