@@ -677,9 +677,7 @@ impl Auditor {
         let mut connection = Connection::new(setup, 0xa0d17);
         let (reply, attempts) = connection.call(&request).await;
         let results = match reply {
-            Some(ClientReply::Results(bytes)) => {
-                Some(<[tally_engine::EventResult]>::ref_from_bytes_vec(&bytes))
-            }
+            Some(ClientReply::Results(bytes)) => Some(workload::parse_results(&bytes)),
             _ => None,
         };
         match &results {
@@ -819,17 +817,5 @@ impl Auditor {
             }
         }
         Ok(())
-    }
-}
-
-trait RefFromBytesVec {
-    fn ref_from_bytes_vec(bytes: &[u8]) -> Vec<tally_engine::EventResult>;
-}
-
-impl RefFromBytesVec for [tally_engine::EventResult] {
-    fn ref_from_bytes_vec(bytes: &[u8]) -> Vec<tally_engine::EventResult> {
-        <[tally_engine::EventResult] as zerocopy::FromBytes>::ref_from_bytes(bytes)
-            .expect("whole results")
-            .to_vec()
     }
 }

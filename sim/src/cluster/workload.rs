@@ -215,7 +215,7 @@ impl Connection {
     }
 }
 
-fn parse_results(bytes: &[u8]) -> Vec<EventResult> {
+pub(crate) fn parse_results(bytes: &[u8]) -> Vec<EventResult> {
     <[EventResult]>::ref_from_bytes(bytes)
         .expect("the node answers whole 16-byte results")
         .to_vec()
