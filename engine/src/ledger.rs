@@ -411,6 +411,28 @@ impl Ledger {
         ledger
     }
 
+    /// A ledger with the capacities of `with_capacity` whose memory grows on demand, as with
+    /// `new()`: nothing is reserved or touched up front. For a process that does not know how much
+    /// of the capacity it will use (an audit replay); `reserve` pre-sizes it once it knows more.
+    pub fn with_capacity_on_demand(accounts_max: usize, transfers_max: usize) -> Ledger {
+        Ledger::empty(accounts_max, transfers_max, HISTORY_ROWS_MAX)
+    }
+
+    /// Makes room for `accounts` more accounts and `transfers` more transfers (each clamped to the
+    /// capacity left), so that tables do not grow (copy, rehash) one doubling at a time. Record
+    /// memory is reserved, not touched; the id indexes are allocated at their final size.
+    pub fn reserve(&mut self, accounts: usize, transfers: usize) {
+        let accounts = accounts.min(self.accounts_max - self.accounts.len());
+        let transfers = transfers.min(self.transfers_max.saturating_sub(self.transfers.len()));
+        self.accounts.reserve_exact(accounts);
+        self.account_links.reserve_exact(accounts);
+        self.account_indexes.reserve(accounts);
+        self.transfers.reserve_exact(transfers);
+        self.transfer_links.reserve_exact(transfers);
+        self.transfer_indexes.reserve(transfers);
+        self.pending_statuses.reserve_exact(transfers);
+    }
+
     /// Like `with_capacity`, with the history capacity chosen too (rows of balance history for
     /// accounts with the `history` flag; not reserved up front).
     pub fn with_limits(
@@ -2118,5 +2140,35 @@ mod tests {
             ok_count * 10 > events_count,
             "{ok_count} ok of {events_count}"
         );
+    }
+
+    #[test]
+    fn a_ledger_reserved_up_front_behaves_as_one_that_grows() {
+        let mut stream = Stream(7);
+        let mut reserved = Ledger::with_capacity_on_demand(64, 4096);
+        // More than the capacity left: clamped, not an error.
+        reserved.reserve(1_000, 100_000);
+        assert!(reserved.transfers.capacity() >= 4096);
+        assert!(reserved.transfers.capacity() < 100_000);
+        assert!(reserved.accounts.capacity() >= 64);
+        let mut growing = Ledger::with_capacity_on_demand(64, 4096);
+        let accounts = accounts(&mut stream);
+        assert_eq!(
+            reserved.create_accounts(1, &accounts),
+            growing.create_accounts(1, &accounts)
+        );
+        let mut pending_ids = Vec::new();
+        for batch in 0..8 {
+            let events: Vec<Transfer> = (0..300)
+                .map(|_| transfer(&mut stream, &mut pending_ids))
+                .collect();
+            let timestamp = (batch + 1) * NANOSECONDS_PER_SECOND;
+            assert_eq!(
+                reserved.create_transfers(timestamp, &events),
+                growing.create_transfers(timestamp, &events)
+            );
+        }
+        reserved.check_invariants();
+        assert_eq!(reserved.snapshot(), growing.snapshot());
     }
 }

@@ -223,6 +223,31 @@ impl Ledger {
         Ledger::restore_sized(bytes, None)
     }
 
+    /// The capacities (accounts, transfers) recorded in `snapshot()` bytes, read from the header
+    /// alone: the checksum, which covers the whole snapshot, is `restore`'s to verify. For a
+    /// reader that must size a ledger like the snapshot's before restoring it (an audit replay).
+    pub fn snapshot_capacity(bytes: &[u8]) -> Result<(usize, usize), SnapshotError> {
+        if bytes.len() < SNAPSHOT_HEADER_SIZE + META_SIZE + TRAILER_SIZE {
+            return Err(SnapshotError::Truncated { size: bytes.len() });
+        }
+        if &bytes[..8] != MAGIC {
+            return Err(SnapshotError::BadMagic);
+        }
+        let mut reader = Reader { bytes: &bytes[8..] };
+        let version = reader.u32()?;
+        if version != SNAPSHOT_VERSION {
+            return Err(SnapshotError::UnsupportedVersion { version });
+        }
+        reader.u32()?;
+        let capacity = |value: u64| {
+            usize::try_from(value)
+                .ok()
+                .filter(|value| *value < NONE as usize)
+                .ok_or(SnapshotError::Invalid("capacity out of range"))
+        };
+        Ok((capacity(reader.u64()?)?, capacity(reader.u64()?)?))
+    }
+
     /// Like `restore`, into a ledger built as `Ledger::with_capacity(accounts_max,
     /// transfers_max)` (memory reserved and touched up front) in place of the capacities the
     /// snapshot recorded: a node keeps its configured size across a restart, and an operator may
@@ -555,6 +580,11 @@ mod tests {
         // Reserved up front, as `with_capacity` does: no growth on the hot path.
         assert!(restored.transfers.capacity() >= 1024);
         assert!(restored.accounts.capacity() >= 16);
+        assert_eq!(
+            Ledger::snapshot_capacity(&bytes).expect("capacity"),
+            (8, 64)
+        );
+        assert!(Ledger::snapshot_capacity(&bytes[..20]).is_err());
         // The same capacity gives back the very same bytes.
         let same = Ledger::restore_with_capacity(&bytes, 8, 64).expect("restore");
         assert_eq!(same.snapshot(), bytes);

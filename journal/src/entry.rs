@@ -256,22 +256,88 @@ pub(crate) enum RecordFault {
     Version(u16),
 }
 
+/// What a verified record holds, apart from its payload bytes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Verified {
+    pub id: EntryId,
+    pub kind: EntryKind,
+    pub operation: u8,
+    pub timestamp: u64,
+    pub event_count: u32,
+    pub payload_len: usize,
+}
+
+impl Verified {
+    /// The entry, with `payload` (exactly `payload_len` bytes) as its payload.
+    fn entry(self, payload: Vec<u8>) -> Entry {
+        assert_eq!(payload.len(), self.payload_len);
+        Entry {
+            id: self.id,
+            kind: self.kind,
+            operation: self.operation,
+            timestamp: self.timestamp,
+            event_count: self.event_count,
+            payload,
+        }
+    }
+}
+
 /// Verifies a whole record (`record` = header + payload + padding) and decodes it.
+#[cfg(test)]
 pub(crate) fn decode_record(record: &[u8]) -> Result<Entry, RecordFault> {
-    let header = Header::parse(record).ok_or(RecordFault::Invalid("bad entry magic"))?;
+    let verified = verify_record(record)?;
+    let payload = &record[ENTRY_HEADER_SIZE..ENTRY_HEADER_SIZE + verified.payload_len];
+    Ok(verified.entry(payload.to_vec()))
+}
+
+/// Verifies a whole record without copying its payload.
+pub(crate) fn verify_record(record: &[u8]) -> Result<Verified, RecordFault> {
+    if record.len() < ENTRY_HEADER_SIZE {
+        return Err(RecordFault::Invalid("record shorter than its header"));
+    }
+    let (header, body) = record.split_at(ENTRY_HEADER_SIZE);
+    verify_parts(header, body)
+}
+
+/// Verifies a record read as its header and its body (payload + padding, at least as long
+/// as the header says), then makes the body the entry's payload: no copy.
+pub(crate) fn decode_parts(header: &[u8], mut body: Vec<u8>) -> Result<Entry, RecordFault> {
+    let verified = verify_parts(header, &body)?;
+    body.truncate(verified.payload_len);
+    Ok(verified.entry(body))
+}
+
+fn verify_parts(header_bytes: &[u8], body: &[u8]) -> Result<Verified, RecordFault> {
+    let header = Header::parse(header_bytes).ok_or(RecordFault::Invalid("bad entry magic"))?;
     let size = header
         .record_size()
         .ok_or(RecordFault::Invalid("payload length out of bounds"))?;
-    if record.len() < size {
+    let body_size = size - ENTRY_HEADER_SIZE;
+    if body.len() < body_size {
         return Err(RecordFault::Invalid("record shorter than its length field"));
     }
     let crc = crc32c::crc32c_append(
-        crc32c::crc32c(&record[..field::CRC]),
-        &record[ENTRY_HEADER_SIZE..size],
+        crc32c::crc32c(&header_bytes[..field::CRC]),
+        &body[..body_size],
     );
     if crc != header.crc {
         return Err(RecordFault::Invalid("entry checksum mismatch"));
     }
+    check_header_fields(&header)
+}
+
+/// Checks a record's header alone, without its checksum (which covers the body too): what a
+/// scan that defers checksums to reading can know. `Invalid` for a bad magic or any field out
+/// of bounds.
+pub(crate) fn check_header(header_bytes: &[u8]) -> Result<Verified, RecordFault> {
+    let header = Header::parse(header_bytes).ok_or(RecordFault::Invalid("bad entry magic"))?;
+    header
+        .record_size()
+        .ok_or(RecordFault::Invalid("payload length out of bounds"))?;
+    check_header_fields(&header)
+}
+
+fn check_header_fields(header: &Header) -> Result<Verified, RecordFault> {
     if header.version != FORMAT_VERSION {
         return Err(RecordFault::Version(header.version));
     }
@@ -280,23 +346,23 @@ pub(crate) fn decode_record(record: &[u8]) -> Result<Entry, RecordFault> {
     }
     let kind =
         EntryKind::from_byte(header.kind).ok_or(RecordFault::Invalid("unknown entry kind"))?;
-    let payload_size = header.payload_len as usize;
+    let payload_len = header.payload_len as usize;
     if let Some(reason) = validate_fields(
         kind,
         header.operation,
         header.timestamp,
         header.event_count,
-        payload_size,
+        payload_len,
     ) {
         return Err(RecordFault::Invalid(reason));
     }
-    Ok(Entry {
+    Ok(Verified {
         id: header.id,
         kind,
         operation: header.operation,
         timestamp: header.timestamp,
         event_count: header.event_count,
-        payload: record[ENTRY_HEADER_SIZE..ENTRY_HEADER_SIZE + payload_size].to_vec(),
+        payload_len,
     })
 }
 

@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::entry::{
-    decode_record, encode_record, u16_at, u32_at, u64_at, Header, RecordFault, ENTRY_MAGIC,
+    check_header, decode_parts, encode_record, record_size, u16_at, u32_at, u64_at, verify_record,
+    Header, RecordFault, Verified, ENTRY_MAGIC,
 };
 use crate::error::{Error, Result};
 use crate::limits::{
@@ -278,6 +279,15 @@ struct ScannedSegment {
     stop: Stop,
 }
 
+/// How much of a segment's records the scan at open verifies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ScanDepth {
+    /// Every record whole, checksum included.
+    Checksums,
+    /// Headers only; checksums are verified when an entry is read.
+    Headers,
+}
+
 /// Reads one record at `offset`; `Ok(None)` for an all-zero header (end of data).
 fn read_record(
     file: &dyn StorageFile,
@@ -285,7 +295,8 @@ fn read_record(
     offset: u64,
     size_limit: u64,
     record: &mut Vec<u8>,
-) -> Result<Option<Result<Entry, RecordFault>>> {
+    depth: ScanDepth,
+) -> Result<Option<Result<Verified, RecordFault>>> {
     let mut header = [0u8; ENTRY_HEADER_SIZE];
     read_at_zero_filled(file, &mut header, offset)
         .map_err(|error| Error::io("read", path, error))?;
@@ -305,9 +316,12 @@ fn read_record(
             "record extends past the segment end",
         ))));
     }
+    if depth == ScanDepth::Headers {
+        return Ok(Some(check_header(&header)));
+    }
     record.resize(size, 0);
     read_at_zero_filled(file, record, offset).map_err(|error| Error::io("read", path, error))?;
-    Ok(Some(decode_record(record)))
+    Ok(Some(verify_record(record)))
 }
 
 fn scan_segment(
@@ -315,6 +329,7 @@ fn scan_segment(
     path: &Path,
     first_index: u64,
     previous: Option<EntryId>,
+    depth: ScanDepth,
 ) -> Result<ScannedSegment> {
     let mut header = [0u8; SEGMENT_HEADER_SIZE];
     read_at_zero_filled(file, &mut header, 0).map_err(|error| Error::io("read", path, error))?;
@@ -343,7 +358,7 @@ fn scan_segment(
     while scanned.end_offset + ENTRY_HEADER_SIZE as u64 <= size {
         let offset = scanned.end_offset;
         let expected = first_index + scanned.offsets.len() as u64;
-        let entry = match read_record(file, path, offset, size, &mut record)? {
+        let entry = match read_record(file, path, offset, size, &mut record, depth)? {
             None => break,
             Some(Ok(entry)) => entry,
             Some(Err(RecordFault::Version(found))) => {
@@ -372,7 +387,7 @@ fn scan_segment(
         scanned
             .offsets
             .push(u32::try_from(offset).expect("segment size fits u32"));
-        scanned.end_offset = offset + record.len() as u64;
+        scanned.end_offset = offset + record_size(entry.payload_len) as u64;
         scanned.last = Some(entry.id);
         previous = Some(entry.id);
     }
@@ -401,7 +416,8 @@ fn find_valid_entry_after(
                 continue;
             }
             let offset = start + position as u64;
-            if let Some(Ok(entry)) = read_record(file, path, offset, size, &mut record)? {
+            let found = read_record(file, path, offset, size, &mut record, ScanDepth::Checksums)?;
+            if let Some(Ok(entry)) = found {
                 if entry.id.index >= index_min {
                     return Ok(Some((offset, entry.id.index)));
                 }
@@ -439,7 +455,14 @@ impl Journal {
             .create_dir_all(dir)
             .map_err(|error| Error::io("create directory", dir, error))?;
         let purge_record = AtomicRecord::open(&*storage, dir, PURGE_FILE_NAME)?;
-        Journal::open_with(storage, dir, options, Some(purge_record), false)
+        Journal::open_with(
+            storage,
+            dir,
+            options,
+            Some(purge_record),
+            false,
+            ScanDepth::Checksums,
+        )
     }
 
     /// Opens an existing journal for reading only — for audits, which must never change
@@ -453,11 +476,34 @@ impl Journal {
         storage: Arc<dyn Storage>,
         dir: &Path,
     ) -> Result<(Journal, RecoveryReport)> {
+        Journal::open_read_only_with(storage, dir, ScanDepth::Checksums)
+    }
+
+    /// Like [`Journal::open_read_only`], for a reader that goes on to read every entry once
+    /// (an audit replay), so that the log is read from disk once rather than twice: the
+    /// entries of sealed segments (all but the last) are checked at open by their headers
+    /// alone (magic, bounds, index and term continuity), and their checksums when read.
+    /// Damage there is an [`Error::Corruption`] naming the index from `read`/`entry`
+    /// instead of from the open. The last segment is verified whole at open: telling a
+    /// torn tail from damage needs it.
+    pub fn open_read_only_verifying_on_read(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+    ) -> Result<(Journal, RecoveryReport)> {
+        Journal::open_read_only_with(storage, dir, ScanDepth::Headers)
+    }
+
+    fn open_read_only_with(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        sealed_depth: ScanDepth,
+    ) -> Result<(Journal, RecoveryReport)> {
         storage
             .list(dir)
             .map_err(|error| Error::io("list", dir, error))?;
         let purge_record = AtomicRecord::open_read_only(&*storage, dir, PURGE_FILE_NAME)?;
-        Journal::open_with(storage, dir, JournalOptions::default(), purge_record, true)
+        let options = JournalOptions::default();
+        Journal::open_with(storage, dir, options, purge_record, true, sealed_depth)
     }
 
     fn open_with(
@@ -466,6 +512,7 @@ impl Journal {
         options: JournalOptions,
         purge_record: Option<AtomicRecord>,
         read_only: bool,
+        sealed_depth: ScanDepth,
     ) -> Result<(Journal, RecoveryReport)> {
         let purged = match purge_record.as_ref().and_then(AtomicRecord::value) {
             None => None,
@@ -505,7 +552,7 @@ impl Journal {
             purged,
             ..RecoveryReport::default()
         };
-        journal.recover_segments(&mut report)?;
+        journal.recover_segments(&mut report, sealed_depth)?;
         journal.drop_purged_segments(&mut report.removed_segments)?;
         if let (Some(purged), Some(first)) = (journal.purged, journal.segments.first()) {
             if first.first_index > purged.index + 1 {
@@ -533,7 +580,11 @@ impl Journal {
         Ok((journal, report))
     }
 
-    fn recover_segments(&mut self, report: &mut RecoveryReport) -> Result<()> {
+    fn recover_segments(
+        &mut self,
+        report: &mut RecoveryReport,
+        sealed_depth: ScanDepth,
+    ) -> Result<()> {
         let names = self
             .storage
             .list(&self.dir)
@@ -564,7 +615,12 @@ impl Journal {
                 self.storage.open(&path)
             }
             .map_err(|error| Error::io("open", &path, error))?;
-            let scanned = scan_segment(&*file, &path, first_index, previous)?;
+            let depth = if is_last {
+                ScanDepth::Checksums
+            } else {
+                sealed_depth
+            };
+            let scanned = scan_segment(&*file, &path, first_index, previous, depth)?;
             let expected = first_index + scanned.offsets.len() as u64;
             let (stop_offset, stop_reason) = match scanned.stop {
                 Stop::Clean => (scanned.end_offset, None),
@@ -940,10 +996,17 @@ impl Journal {
             "index {index} is past the segment end"
         );
         let (start, end) = segment.record_bounds(index);
-        let mut record = vec![0u8; usize::try_from(end - start).expect("record fits usize")];
-        read_at_zero_filled(&*segment.file, &mut record, start)
+        let size = usize::try_from(end - start).expect("record fits usize");
+        assert!(size >= ENTRY_HEADER_SIZE);
+        // Header and body apart, so that the body becomes the payload without a copy.
+        let mut header = [0u8; ENTRY_HEADER_SIZE];
+        let mut body = vec![0u8; size - ENTRY_HEADER_SIZE];
+        read_at_zero_filled(&*segment.file, &mut header, start)
+            .and_then(|()| {
+                read_at_zero_filled(&*segment.file, &mut body, start + ENTRY_HEADER_SIZE as u64)
+            })
             .map_err(|error| Error::io("read", &segment.path, error))?;
-        let entry = decode_record(&record)
+        let entry = decode_parts(&header, body)
             .map_err(|fault| fault_to_error(&segment.path, start, index, fault))?;
         if entry.id.index != index {
             return Err(Error::corruption(

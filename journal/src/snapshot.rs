@@ -182,13 +182,17 @@ impl SnapshotStore {
                 "snapshot lengths do not match the file size",
             ));
         }
-        let mut body = vec![0u8; (meta_len + data_len) as usize];
-        let read = file
-            .read_at(&mut body, SNAPSHOT_HEADER_SIZE as u64)
+        // Meta and data read apart: the data is returned as read, not copied out of one buffer.
+        let mut meta = vec![0u8; meta_len as usize];
+        let mut data = vec![0u8; data_len as usize];
+        let read_meta = read_fully(&*file, &mut meta, SNAPSHOT_HEADER_SIZE as u64)
             .map_err(|error| Error::io("read", &path, error))?;
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&header[..field::CRC]), &body);
+        let read_data = read_fully(&*file, &mut data, SNAPSHOT_HEADER_SIZE as u64 + meta_len)
+            .map_err(|error| Error::io("read", &path, error))?;
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&header[..field::CRC]), &meta);
+        let crc = crc32c::crc32c_append(crc, &data);
         let has_log_id = header[field::HAS_LOG_ID];
-        if read != body.len() || crc != u32_at(&header, field::CRC) {
+        if !(read_meta && read_data) || crc != u32_at(&header, field::CRC) {
             return Err(Error::corruption(
                 path,
                 0,
@@ -215,11 +219,65 @@ impl SnapshotStore {
             leader_node_id: u64_at(&header, field::LEADER),
             index: u64_at(&header, field::INDEX),
         });
-        let data = body.split_off(meta_len as usize);
         Ok(Some(Snapshot {
             last_log_id,
-            meta: body,
+            meta,
             data,
         }))
     }
+
+    /// The log id and the first `len` bytes of the latest snapshot's data (fewer if the data
+    /// is shorter), **not** checksum-verified: for a reader that must size itself from the
+    /// snapshot before `load_latest` has verified it (an audit replay reading the engine's
+    /// recorded capacity). `None` if there is no snapshot.
+    pub fn peek_latest(&self, len: usize) -> Result<Option<(Option<EntryId>, Vec<u8>)>> {
+        let path = self.dir.join(SNAPSHOT_FILE_NAME);
+        let file = match self.storage.open_read_only(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(Error::io("open", path, error)),
+        };
+        let mut header = [0u8; SNAPSHOT_HEADER_SIZE];
+        let read = file
+            .read_at(&mut header, 0)
+            .map_err(|error| Error::io("read", &path, error))?;
+        if read < SNAPSHOT_HEADER_SIZE || header[field::MAGIC..field::MAGIC + 4] != SNAPSHOT_MAGIC {
+            return Err(Error::corruption(
+                path,
+                0,
+                None,
+                "snapshot header missing or bad magic",
+            ));
+        }
+        let meta_len = u64::from(u32_at(&header, field::META_LEN));
+        let data_len = u64_at(&header, field::DATA_LEN);
+        let mut data =
+            vec![0u8; usize::try_from(data_len).map_or(len, |data_len| data_len.min(len))];
+        let complete = read_fully(&*file, &mut data, SNAPSHOT_HEADER_SIZE as u64 + meta_len)
+            .map_err(|error| Error::io("read", &path, error))?;
+        if !complete {
+            return Err(Error::corruption(
+                path,
+                0,
+                None,
+                "snapshot shorter than its header says",
+            ));
+        }
+        let last_log_id = (header[field::HAS_LOG_ID] == 1).then(|| EntryId {
+            term: u64_at(&header, field::TERM),
+            leader_node_id: u64_at(&header, field::LEADER),
+            index: u64_at(&header, field::INDEX),
+        });
+        Ok(Some((last_log_id, data)))
+    }
+}
+
+/// Fills `buf` from `offset`; `false` when the file ends first (`read_at` reads short only
+/// at the end of the file).
+fn read_fully(
+    file: &dyn crate::storage::StorageFile,
+    buf: &mut [u8],
+    offset: u64,
+) -> io::Result<bool> {
+    Ok(file.read_at(buf, offset)? == buf.len())
 }

@@ -186,3 +186,37 @@ fn real_filesystem_read_only_open_changes_nothing() {
     drop(journal);
     assert_eq!(tree(&journal_dir), before, "the directory is unchanged");
 }
+
+#[test]
+fn verifying_on_read_defers_a_sealed_segments_checksums_to_the_read() {
+    let disk = FaultyStorage::new(2);
+    write_log(&disk, 40);
+    let mut names = disk.shared().list(dir()).unwrap();
+    names.retain(|name| name.ends_with(".tlog"));
+    names.sort();
+    assert!(names.len() > 1, "the damage must be in a sealed segment");
+    let first = dir().join(&names[0]);
+    // A payload byte of the second entry: its header still reads as valid.
+    let record_size = 64 + 2 * EVENT_SIZE as u64;
+    disk.flip_bit(&first, 64 + record_size + 100, 0);
+    let mutations = disk.mutations();
+
+    let (journal, report) = Journal::open_read_only_verifying_on_read(disk.shared(), dir())
+        .expect("headers are intact");
+    assert_eq!(report.torn_tail, None);
+    assert_eq!(journal.last_index(), Some(40));
+    assert_eq!(journal.entry(1).unwrap(), Some(batch(1)));
+    match journal.entry(2) {
+        Err(Error::Corruption { index, .. }) => assert_eq!(index, Some(2)),
+        other => panic!("expected corruption at index 2, got {other:?}"),
+    }
+    assert!(journal.read(1..=40).is_err());
+    assert_eq!(journal.entry(40).unwrap(), Some(batch(40)));
+    assert_eq!(disk.mutations(), mutations);
+
+    // A damaged header is still found at open, as by a full open.
+    disk.flip_bit(&first, 64 + record_size + 24, 0); // its index
+    let error = Journal::open_read_only_verifying_on_read(disk.shared(), dir())
+        .expect_err("a broken header is corruption");
+    assert!(matches!(error, Error::Corruption { .. }), "{error}");
+}

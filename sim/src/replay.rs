@@ -7,18 +7,24 @@
 //! `tally_raft::apply::apply_batch`, the very function the node's business-logic
 //! thread uses, so timestamps and rejections are computed the same way.
 //!
-//! Two passes over the log, each in bounded chunks ([`READ_CHUNK_ENTRIES`]):
-//! 1. collect the checkpoint entries (small) — which indexes need the replayed
-//!    digest and hash chain captured (`digest()` walks the whole state, so it is
-//!    taken only where some evidence will be compared with it);
-//! 2. apply every entry from genesis (or from the snapshot just before the first
-//!    entry of a purged log), capture, and compare at each checkpoint entry.
+//! One pass over the log, on two threads (this machine's two cores): a reader
+//! thread reads and checksums entries ([`READ_AHEAD_ENTRIES`] ahead, so memory
+//! stays bounded whatever the log's length) while the calling thread applies them
+//! from genesis (or from the snapshot just before the first entry of a purged
+//! log). After each entry the replay captures its digest and hash chain (both
+//! O(1): the engine keeps them incrementally) in a window of the last
+//! [`CAPTURE_WINDOW_ENTRIES`] entries; a checkpoint entry, which names an index
+//! shortly before it, is compared with the capture for that index.
+//!
+//! The ledger gets the node's capacity (`--accounts-max`/`--transfers-max`, else
+//! the capacity recorded in the node's snapshot, else the engine's defaults), so
+//! that it refuses exactly what the node refused; its transfer tables are sized
+//! up front from the log's size, so they never grow (copy and rehash) on the way.
 //!
 //! Results can be exported (one line per event) and compared with another build's
 //! export (`against`): the first event whose result differs is named.
 
-use std::collections::BTreeMap;
-use std::collections::BTreeSet;
+use std::collections::VecDeque;
 use std::fmt;
 use std::fmt::Write as _;
 use std::fs::File;
@@ -31,6 +37,8 @@ use std::io::Write as _;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::mpsc;
+use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
@@ -49,9 +57,14 @@ use tally_raft::checkpoint::Checkpoint;
 use tally_raft::checkpoint::OPERATION_CHECKPOINT;
 use tally_raft::types::Batch;
 
-/// Entries read from the journal at a time: at most this many full batches
-/// (≈ 1 MiB each) are in memory, whatever the log's length.
-pub const READ_CHUNK_ENTRIES: u64 = 16;
+/// Entries the reader thread reads ahead of the business logic: at most this
+/// many full batches (≈ 1 MiB each) are in memory, whatever the log's length.
+pub const READ_AHEAD_ENTRIES: usize = 16;
+
+/// Entries whose replayed digest and hash chain are kept for checkpoint entries
+/// to name (48 bytes each). A node proposes the checkpoint for index `i` right
+/// after applying `i`, so it lands a few entries later, far inside this window.
+pub const CAPTURE_WINDOW_ENTRIES: usize = 1 << 16;
 
 /// Size of one `EventResult` record as the engine returns it.
 const EVENT_RESULT_SIZE: usize = 16;
@@ -70,6 +83,9 @@ pub struct ReplayOptions {
     pub against: Option<PathBuf>,
     /// Show a progress bar on stderr (callers pass "stderr is a terminal").
     pub progress: bool,
+    /// The capacity the node ran with (accounts, transfers). `None`: the one in
+    /// the node's snapshot, else the engine's defaults.
+    pub capacity: Option<(usize, usize)>,
 }
 
 /// Where the replay's state came from before the first applied entry.
@@ -322,6 +338,11 @@ pub enum ReplayError {
     CannotStart { first_index: u64, reason: String },
     #[error("log entry {index} has an entry kind this build does not know")]
     UnknownEntryKind { index: u64 },
+    #[error(
+        "the checkpoint entry at index {entry_index} names index {index}, more than \
+         {CAPTURE_WINDOW_ENTRIES} entries back: the replay keeps the state of only that many"
+    )]
+    CheckpointOutOfWindow { entry_index: u64, index: u64 },
     #[error("export file {path}: {source}")]
     Export {
         path: PathBuf,
@@ -342,6 +363,7 @@ impl ReplayError {
         match self {
             ReplayError::Corruption { index, .. } => *index,
             ReplayError::UnknownEntryKind { index } => Some(*index),
+            ReplayError::CheckpointOutOfWindow { entry_index, .. } => Some(*entry_index),
             ReplayError::CannotStart { first_index, .. } => Some(*first_index),
             _ => None,
         }
@@ -370,6 +392,33 @@ fn node_directories(data_dir: &Path) -> Result<(PathBuf, PathBuf), ReplayError> 
     Ok((log, data_dir.join("snapshots")))
 }
 
+/// Bytes of the engine's snapshot enough to read its recorded capacity.
+const SNAPSHOT_PEEK_BYTES: usize = 4096;
+
+/// A ledger's capacity: (accounts, transfers).
+type Capacity = (usize, usize);
+
+/// The node's latest snapshot's last log index and recorded capacity, from its first
+/// bytes (not verified yet: `load_snapshot` does that).
+fn peek_snapshot(
+    storage: &Arc<dyn Storage>,
+    dir: &Path,
+) -> Result<Option<(u64, Capacity)>, ReplayError> {
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let store = SnapshotStore::open_read_only(Arc::clone(storage), dir);
+    let peeked = store
+        .peek_latest(SNAPSHOT_PEEK_BYTES)
+        .map_err(|error| ReplayError::Snapshot(format!("SNAPSHOT CORRUPTION: {error}")))?;
+    let Some((Some(id), bytes)) = peeked else {
+        return Ok(None);
+    };
+    let capacity =
+        Ledger::snapshot_capacity(&bytes).map_err(|error| snapshot_error(id.index, error))?;
+    Ok(Some((id.index, capacity)))
+}
+
 /// The node's latest snapshot, read-only: its last log index and the engine bytes.
 fn load_snapshot(
     storage: &Arc<dyn Storage>,
@@ -394,17 +443,162 @@ pub fn run(options: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     let storage = FsStorage::shared();
     let (log_dir, snapshot_dir) = node_directories(&options.data_dir)?;
     let (journal, report) =
-        Journal::open_read_only(Arc::clone(&storage), &log_dir).map_err(journal_error)?;
-    let snapshot = load_snapshot(&storage, &snapshot_dir)?;
-    let start = start_point(&journal, report.purged.is_some(), snapshot.as_ref())?;
-    let mut replay = Replay::new(options, &journal, start, snapshot)?;
+        Journal::open_read_only_verifying_on_read(Arc::clone(&storage), &log_dir)
+            .map_err(journal_error)?;
+    let peeked = peek_snapshot(&storage, &snapshot_dir)?;
+    let start = start_point(
+        &journal,
+        report.purged.is_some(),
+        peeked.map(|(index, _)| index),
+    )?;
+    let range = entry_range(&journal, start);
+    let mut replay = match start {
+        StartPoint::Snapshot { index } => {
+            let snapshot = load_snapshot(&storage, &snapshot_dir)?;
+            let bytes = match snapshot {
+                Some((loaded, bytes)) if loaded == index => bytes,
+                _ => return Err(snapshot_changed()),
+            };
+            Replay::from_snapshot(options, index, &bytes, range)?
+        }
+        StartPoint::Genesis => {
+            let capacity = options.capacity.or(peeked.map(|(_, capacity)| capacity));
+            let evidence = peeked
+                .map(|(index, _)| SnapshotEvidence::load(&storage, snapshot_dir.clone(), index));
+            Replay::from_genesis(options, capacity, evidence, range)?
+        }
+    };
+    replay.ledger.reserve(0, events_bound(&log_dir));
     replay.torn_tail = report.torn_tail.map(|torn| TornTail {
         index: torn.index,
         reason: torn.reason.to_owned(),
     });
-    replay.collect_checkpoint_targets()?;
-    replay.apply_log()?;
+    replay.apply_log(&journal)?;
     replay.finish(started)
+}
+
+/// Entries to apply: after the snapshot when starting from one.
+fn entry_range(journal: &Journal, start: StartPoint) -> Option<(u64, u64)> {
+    let first = journal.first_index()?;
+    let last = journal.last_index()?;
+    let first = match start {
+        StartPoint::Genesis => first,
+        StartPoint::Snapshot { index } => first.max(index + 1),
+    };
+    (first <= last).then_some((first, last))
+}
+
+/// An upper bound on the events in the log: its segment files' bytes over the
+/// size of one event (an unreadable directory bounds nothing: 0).
+fn events_bound(log_dir: &Path) -> usize {
+    let Ok(files) = std::fs::read_dir(log_dir) else {
+        return 0;
+    };
+    let bytes: u64 = files
+        .filter_map(Result::ok)
+        .filter(|file| file.path().extension().is_some_and(|ext| ext == "tlog"))
+        .filter_map(|file| file.metadata().ok())
+        .map(|metadata| metadata.len())
+        .sum();
+    usize::try_from(bytes / EVENT_SIZE as u64).unwrap_or(usize::MAX)
+}
+
+/// The reader thread: every entry of `first..=last` in order, until the log ends,
+/// a read fails (sent as the last item) or the receiver hangs up.
+fn read_log(
+    journal: &Journal,
+    first: u64,
+    last: u64,
+    sender: SyncSender<Result<Entry, ReplayError>>,
+) {
+    for index in first..=last {
+        let entry = journal
+            .entry(index)
+            .map_err(journal_error)
+            .map(|entry| entry.expect("an index inside the log's range is in the log"));
+        let failed = entry.is_err();
+        if sender.send(entry).is_err() || failed {
+            return;
+        }
+    }
+}
+
+fn snapshot_changed() -> ReplayError {
+    ReplayError::Snapshot(
+        "the snapshot changed while it was being read: audit a stopped node's data directory"
+            .into(),
+    )
+}
+
+fn snapshot_error(index: u64, error: tally_engine::SnapshotError) -> ReplayError {
+    ReplayError::Snapshot(format!(
+        "the snapshot at index {index} does not restore: {error}"
+    ))
+}
+
+/// The node's snapshot as evidence for a genesis replay. Restoring it takes about as
+/// long as replaying its part of the log, so a thread of its own restores it while
+/// the replay runs.
+struct SnapshotEvidence {
+    index: u64,
+    restoring: Option<std::thread::JoinHandle<Result<Checkpoint, ReplayError>>>,
+    recorded: Option<Checkpoint>,
+    /// The replay's state at `index`, and how far it was verified then.
+    replayed: Option<(Checkpoint, Option<u64>)>,
+}
+
+impl SnapshotEvidence {
+    /// Loads (verified) and restores the snapshot whose first bytes said it covers
+    /// entries through `index`, on a thread of its own.
+    fn load(storage: &Arc<dyn Storage>, dir: PathBuf, index: u64) -> SnapshotEvidence {
+        let storage = Arc::clone(storage);
+        let restoring = std::thread::Builder::new()
+            .name("replay-snapshot".into())
+            .spawn(move || {
+                let bytes = match load_snapshot(&storage, &dir)? {
+                    Some((loaded, bytes)) if loaded == index => bytes,
+                    _ => return Err(snapshot_changed()),
+                };
+                let restored =
+                    Ledger::restore(&bytes).map_err(|error| snapshot_error(index, error))?;
+                Ok(Checkpoint {
+                    index,
+                    digest: restored.digest(),
+                    hash_chain: restored.hash_chain(),
+                })
+            })
+            .expect("spawn the snapshot restoring thread");
+        SnapshotEvidence {
+            index,
+            restoring: Some(restoring),
+            recorded: None,
+            replayed: None,
+        }
+    }
+
+    /// The snapshot's state, once restored (`wait`: block until it is).
+    fn recorded(&mut self, wait: bool) -> Result<Option<Checkpoint>, ReplayError> {
+        if let Some(restoring) = self
+            .restoring
+            .take_if(|restoring| wait || restoring.is_finished())
+        {
+            let recorded = restoring
+                .join()
+                .expect("the snapshot restoring thread panicked")?;
+            self.recorded = Some(recorded);
+        }
+        Ok(self.recorded)
+    }
+}
+
+impl Drop for SnapshotEvidence {
+    /// A replay that stops early (divergence, error) still waits for the thread: nothing
+    /// it started outlives it.
+    fn drop(&mut self) {
+        if let Some(restoring) = self.restoring.take() {
+            let _ = restoring.join();
+        }
+    }
 }
 
 /// Where to begin: genesis for an unpurged log, else the snapshot just before the
@@ -412,7 +606,7 @@ pub fn run(options: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
 fn start_point(
     journal: &Journal,
     purged: bool,
-    snapshot: Option<&(u64, Vec<u8>)>,
+    snapshot_index: Option<u64>,
 ) -> Result<StartPoint, ReplayError> {
     let first_index = journal.first_index();
     if !purged && first_index.is_none_or(|first| first <= 1) {
@@ -420,7 +614,7 @@ fn start_point(
     }
     let first_index =
         first_index.unwrap_or_else(|| journal.purged_id().map_or(0, |id| id.index + 1));
-    let Some((snapshot_index, _)) = snapshot else {
+    let Some(snapshot_index) = snapshot_index else {
         return Err(ReplayError::CannotStart {
             first_index,
             reason: "there is no snapshot to start from".into(),
@@ -433,21 +627,21 @@ fn start_point(
         });
     }
     Ok(StartPoint::Snapshot {
-        index: *snapshot_index,
+        index: snapshot_index,
     })
 }
 
 struct Replay<'a> {
     options: &'a ReplayOptions,
-    journal: &'a Journal,
     start: StartPoint,
+    /// The log indexes to apply.
+    range: Option<(u64, u64)>,
     ledger: Ledger,
-    /// The snapshot's index and its state's (digest, hash chain), when it can be
-    /// compared with the replay.
-    snapshot_evidence: Option<(u64, Checkpoint)>,
-    /// Indexes after which the replayed digest and hash chain must be captured.
-    targets: BTreeSet<u64>,
-    captured: BTreeMap<u64, Checkpoint>,
+    /// The snapshot, when a genesis replay can compare its state with the replay's.
+    snapshot_evidence: Option<SnapshotEvidence>,
+    /// The replayed state after each of the last `CAPTURE_WINDOW_ENTRIES`
+    /// indexes, oldest first (indexes increase).
+    captured: VecDeque<Checkpoint>,
     verified_through: Option<u64>,
     summary_counts: Counts,
     torn_tail: Option<TornTail>,
@@ -470,46 +664,64 @@ struct Counts {
 }
 
 impl<'a> Replay<'a> {
-    fn new(
+    /// A replay from genesis on a fresh ledger of the node's capacity, the snapshot (if
+    /// any) being restored meanwhile as evidence.
+    fn from_genesis(
         options: &'a ReplayOptions,
-        journal: &'a Journal,
-        start: StartPoint,
-        snapshot: Option<(u64, Vec<u8>)>,
+        capacity: Option<Capacity>,
+        evidence: Option<SnapshotEvidence>,
+        range: Option<(u64, u64)>,
     ) -> Result<Replay<'a>, ReplayError> {
-        let mut ledger = Ledger::new();
-        let mut snapshot_evidence = None;
-        if let Some((index, bytes)) = snapshot {
-            let restored = Ledger::restore(&bytes).map_err(|error| {
-                ReplayError::Snapshot(format!(
-                    "the snapshot at index {index} does not restore: {error}"
-                ))
-            })?;
-            let state = Checkpoint {
-                index,
-                digest: restored.digest(),
-                hash_chain: restored.hash_chain(),
-            };
-            match start {
-                StartPoint::Snapshot { index: start_index } => {
-                    assert_eq!(start_index, index);
-                    ledger = restored;
-                }
-                StartPoint::Genesis => snapshot_evidence = Some((index, state)),
+        let ledger = match capacity {
+            Some((accounts_max, transfers_max)) => {
+                Ledger::with_capacity_on_demand(accounts_max, transfers_max)
             }
-        }
-        let verified_through = match start {
-            StartPoint::Genesis => None,
-            StartPoint::Snapshot { index } => Some(index),
+            None => Ledger::new(),
         };
+        Replay::with_ledger(options, StartPoint::Genesis, ledger, evidence, range)
+    }
+
+    /// A replay of a purged log from the snapshot just before its first entry.
+    fn from_snapshot(
+        options: &'a ReplayOptions,
+        index: u64,
+        bytes: &[u8],
+        range: Option<(u64, u64)>,
+    ) -> Result<Replay<'a>, ReplayError> {
+        let restored = match options.capacity {
+            Some((accounts_max, transfers_max)) => {
+                Ledger::restore_with_capacity(bytes, accounts_max, transfers_max)
+            }
+            None => Ledger::restore(bytes),
+        };
+        let ledger = restored.map_err(|error| snapshot_error(index, error))?;
+        let start = StartPoint::Snapshot { index };
+        let mut replay = Replay::with_ledger(options, start, ledger, None, range)?;
+        // A checkpoint naming the snapshot's own index is checked against it.
+        replay.captured.push_back(Checkpoint {
+            index,
+            digest: replay.ledger.digest(),
+            hash_chain: replay.ledger.hash_chain(),
+        });
+        replay.verified_through = Some(index);
+        Ok(replay)
+    }
+
+    fn with_ledger(
+        options: &'a ReplayOptions,
+        start: StartPoint,
+        ledger: Ledger,
+        snapshot_evidence: Option<SnapshotEvidence>,
+        range: Option<(u64, u64)>,
+    ) -> Result<Replay<'a>, ReplayError> {
         Ok(Replay {
             options,
-            journal,
             start,
+            range,
             ledger,
             snapshot_evidence,
-            targets: BTreeSet::new(),
-            captured: BTreeMap::new(),
-            verified_through,
+            captured: VecDeque::new(),
+            verified_through: None,
             summary_counts: Counts::default(),
             torn_tail: None,
             divergence: None,
@@ -518,71 +730,39 @@ impl<'a> Replay<'a> {
         })
     }
 
-    /// Entries to apply: after the snapshot when starting from one.
-    fn range(&self) -> Option<(u64, u64)> {
-        let first = self.journal.first_index()?;
-        let last = self.journal.last_index()?;
-        let first = match self.start {
-            StartPoint::Genesis => first,
-            StartPoint::Snapshot { index } => first.max(index + 1),
-        };
-        (first <= last).then_some((first, last))
-    }
-
-    /// Calls `visit` on every entry in `range`, read in bounded chunks.
-    fn for_each_entry(
-        &mut self,
-        mut visit: impl FnMut(&mut Self, Entry) -> Result<bool, ReplayError>,
-    ) -> Result<(), ReplayError> {
-        let Some((first, last)) = self.range() else {
+    /// Applies every entry in `range`, read ahead by a reader thread, capturing and
+    /// comparing as it goes; stops at the first divergence.
+    fn apply_log(&mut self, journal: &Journal) -> Result<(), ReplayError> {
+        let Some((first, last)) = self.range else {
             return Ok(());
         };
-        let mut chunk_first = first;
-        while chunk_first <= last {
-            let chunk_last = last.min(chunk_first + READ_CHUNK_ENTRIES - 1);
-            let entries = self
-                .journal
-                .read(chunk_first..=chunk_last)
-                .map_err(journal_error)?;
-            assert_eq!(entries.len() as u64, chunk_last - chunk_first + 1);
+        if self.options.progress {
+            let bar = indicatif::ProgressBar::new(last - first + 1);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "replay {bar:40} {pos}/{len} entries {per_sec} eta {eta}",
+                )
+                .expect("valid template"),
+            );
+            self.progress = Some(bar);
+        }
+        let result = std::thread::scope(|scope| {
+            let (sender, entries) = mpsc::sync_channel(READ_AHEAD_ENTRIES);
+            std::thread::Builder::new()
+                .name("replay-reader".into())
+                .spawn_scoped(scope, move || read_log(journal, first, last, sender))
+                .expect("spawn the replay reader thread");
+            // Returning drops `entries`: a reader still sending then stops.
             for entry in entries {
-                if !visit(self, entry)? {
+                if !self.apply_entry(entry?)? {
                     return Ok(());
                 }
             }
-            chunk_first = chunk_last + 1;
-        }
-        Ok(())
-    }
-
-    /// Pass 1: which indexes have evidence to compare (checkpoints, the snapshot).
-    fn collect_checkpoint_targets(&mut self) -> Result<(), ReplayError> {
-        if let Some((index, _)) = self.snapshot_evidence {
-            self.targets.insert(index);
-        }
-        self.for_each_entry(|replay, entry| {
-            if let Some(Some(checkpoint)) = checkpoint_of(&entry) {
-                replay.targets.insert(checkpoint.index);
+            if let Some(divergence) = self.check_snapshot(None, true)? {
+                self.divergence = Some(divergence);
             }
-            Ok(true)
-        })
-    }
-
-    /// Pass 2: apply, capture, compare.
-    fn apply_log(&mut self) -> Result<(), ReplayError> {
-        if self.options.progress {
-            if let Some((first, last)) = self.range() {
-                let bar = indicatif::ProgressBar::new(last - first + 1);
-                bar.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "replay {bar:40} {pos}/{len} entries {per_sec} eta {eta}",
-                    )
-                    .expect("valid template"),
-                );
-                self.progress = Some(bar);
-            }
-        }
-        let result = self.for_each_entry(|replay, entry| replay.apply_entry(entry));
+            Ok(())
+        });
         if let Some(bar) = self.progress.take() {
             bar.finish_and_clear();
         }
@@ -602,7 +782,7 @@ impl<'a> Replay<'a> {
         match entry.kind {
             EntryKind::Blank | EntryKind::Membership => {}
             EntryKind::Batch if entry.operation == OPERATION_CHECKPOINT => {
-                if let Some(divergence) = self.check_checkpoint(&entry) {
+                if let Some(divergence) = self.check_checkpoint(&entry)? {
                     self.divergence = Some(divergence);
                     return Ok(false);
                 }
@@ -610,19 +790,19 @@ impl<'a> Replay<'a> {
             EntryKind::Batch => self.apply_batch(entry)?,
             _ => return Err(ReplayError::UnknownEntryKind { index }),
         }
-        if self.targets.contains(&index) {
-            self.captured.insert(
-                index,
-                Checkpoint {
-                    index,
-                    digest: self.ledger.digest(),
-                    hash_chain: self.ledger.hash_chain(),
-                },
-            );
-            if let Some(divergence) = self.check_snapshot(index) {
-                self.divergence = Some(divergence);
-                return Ok(false);
-            }
+        let state = Checkpoint {
+            index,
+            digest: self.ledger.digest(),
+            hash_chain: self.ledger.hash_chain(),
+        };
+        if self.captured.len() == CAPTURE_WINDOW_ENTRIES {
+            self.captured.pop_front();
+        }
+        assert!(self.captured.back().is_none_or(|last| last.index < index));
+        self.captured.push_back(state);
+        if let Some(divergence) = self.check_snapshot(Some(state), false)? {
+            self.divergence = Some(divergence);
+            return Ok(false);
         }
         Ok(true)
     }
@@ -646,25 +826,39 @@ impl<'a> Replay<'a> {
     }
 
     /// Compares a checkpoint entry with what the replay captured.
-    fn check_checkpoint(&mut self, entry: &Entry) -> Option<Divergence> {
+    fn check_checkpoint(&mut self, entry: &Entry) -> Result<Option<Divergence>, ReplayError> {
         let entry_index = entry.id.index;
         let Some(Some(recorded)) = checkpoint_of(entry) else {
-            return Some(Divergence::MalformedCheckpoint { entry_index });
+            return Ok(Some(Divergence::MalformedCheckpoint { entry_index }));
         };
         if recorded.index >= entry_index {
-            return Some(Divergence::MalformedCheckpoint { entry_index });
+            return Ok(Some(Divergence::MalformedCheckpoint { entry_index }));
         }
-        let Some(replayed) = self.captured.get(&recorded.index).copied() else {
+        let found = self
+            .captured
+            .binary_search_by_key(&recorded.index, |captured| captured.index);
+        let replayed = match found {
+            Ok(position) => self.captured[position],
             // Before the replay's start (purged log): nothing to compare with.
-            self.summary_counts.checkpoints_unverifiable += 1;
-            return None;
+            Err(0) if self.captured.len() < CAPTURE_WINDOW_ENTRIES => {
+                self.summary_counts.checkpoints_unverifiable += 1;
+                return Ok(None);
+            }
+            Err(0) => {
+                return Err(ReplayError::CheckpointOutOfWindow {
+                    entry_index,
+                    index: recorded.index,
+                })
+            }
+            // Indexes between captures are entries that were never in the log.
+            Err(_) => return Ok(Some(Divergence::MalformedCheckpoint { entry_index })),
         };
         if replayed == recorded {
             self.summary_counts.checkpoints_verified += 1;
             self.verified_through = self.verified_through.max(Some(recorded.index));
-            return None;
+            return Ok(None);
         }
-        Some(Divergence::Checkpoint {
+        Ok(Some(Divergence::Checkpoint {
             entry_index,
             index: recorded.index,
             verified_through: self.verified_through,
@@ -672,29 +866,44 @@ impl<'a> Replay<'a> {
             replayed_digest: replayed.digest,
             recorded_hash_chain: recorded.hash_chain,
             replayed_hash_chain: replayed.hash_chain,
-        })
+        }))
     }
 
-    /// At the snapshot's index (genesis replay), compares the snapshot's state.
-    fn check_snapshot(&mut self, index: u64) -> Option<Divergence> {
-        let (snapshot_index, recorded) = self.snapshot_evidence?;
-        if snapshot_index != index {
-            return None;
+    /// At the snapshot's index (genesis replay), notes the replayed state; compares it
+    /// with the snapshot's as soon as both are known (the snapshot is restored on a
+    /// thread of its own; `wait`: until it is).
+    fn check_snapshot(
+        &mut self,
+        replayed: Option<Checkpoint>,
+        wait: bool,
+    ) -> Result<Option<Divergence>, ReplayError> {
+        let Some(evidence) = &mut self.snapshot_evidence else {
+            return Ok(None);
+        };
+        if let Some(replayed) = replayed.filter(|replayed| replayed.index == evidence.index) {
+            evidence.replayed = Some((replayed, self.verified_through));
         }
-        let replayed = self.captured[&index];
+        let Some((replayed, verified_through)) = evidence.replayed else {
+            return Ok(None);
+        };
+        let Some(recorded) = evidence.recorded(wait)? else {
+            return Ok(None);
+        };
+        let index = evidence.index;
+        self.snapshot_evidence = None;
         if replayed.digest == recorded.digest && replayed.hash_chain == recorded.hash_chain {
             self.summary_counts.snapshot_verified = Some(index);
             self.verified_through = self.verified_through.max(Some(index));
-            return None;
+            return Ok(None);
         }
-        Some(Divergence::Snapshot {
+        Ok(Some(Divergence::Snapshot {
             index,
-            verified_through: self.verified_through,
+            verified_through,
             recorded_digest: recorded.digest,
             replayed_digest: replayed.digest,
             recorded_hash_chain: recorded.hash_chain,
             replayed_hash_chain: replayed.hash_chain,
-        })
+        }))
     }
 
     fn finish(self, started: Instant) -> Result<ReplaySummary, ReplayError> {
@@ -917,6 +1126,24 @@ pub struct ReplayArgs {
     /// Compare the results with an earlier `--export` file; print the first difference.
     #[arg(long, alias = "diff")]
     pub against: Option<PathBuf>,
+    /// The --accounts-max the node ran with, when it raised the capacity. By default the
+    /// capacity recorded in the node's snapshot, else the engine's defaults. A replay with
+    /// another capacity than the node's refuses other transfers and reports a divergence.
+    #[arg(
+        long,
+        env = "TALLY_ACCOUNTS_MAX",
+        requires = "transfers_max",
+        value_parser = clap::value_parser!(u32).range(1..u32::MAX as i64)
+    )]
+    pub accounts_max: Option<u32>,
+    /// The --transfers-max the node ran with. Goes with --accounts-max.
+    #[arg(
+        long,
+        env = "TALLY_TRANSFERS_MAX",
+        requires = "accounts_max",
+        value_parser = clap::value_parser!(u32).range(1..u32::MAX as i64)
+    )]
+    pub transfers_max: Option<u32>,
 }
 
 /// Exit codes of the `replay` command.
@@ -933,6 +1160,10 @@ pub fn main(args: &ReplayArgs) -> ExitCode {
         export: args.export.clone(),
         against: args.against.clone(),
         progress: io::stderr().is_terminal(),
+        capacity: args
+            .accounts_max
+            .zip(args.transfers_max)
+            .map(|(accounts, transfers)| (accounts as usize, transfers as usize)),
     };
     match run(&options) {
         Ok(summary) => {

@@ -18,6 +18,7 @@ use tally_journal::Journal;
 use tally_journal::JournalOptions;
 use tally_raft::checkpoint::Checkpoint;
 use tally_raft::checkpoint::OPERATION_CHECKPOINT;
+use tally_raft::node::LedgerCapacity;
 use tally_raft::node::Node;
 use tally_raft::node::NodeConfig;
 use tally_sim::replay;
@@ -48,7 +49,7 @@ fn base() -> &'static Base {
             .enable_all()
             .build()
             .expect("runtime");
-        let (digest, snapshot_index) = runtime.block_on(run_node(&dir));
+        let (digest, snapshot_index) = runtime.block_on(run_node(&dir, None));
         Base {
             dir,
             digest,
@@ -92,10 +93,11 @@ fn transfer(id: u128, debit: u128, credit: u128, amount: u128) -> Transfer {
     }
 }
 
-/// Runs a node with frequent checkpoints and no purging; returns its final digest
-/// and the index of the snapshot it took at the end.
-async fn run_node(dir: &Path) -> (String, u64) {
+/// Runs a node with frequent checkpoints and no purging (and the given capacity);
+/// returns its final digest and the index of the snapshot it took at the end.
+async fn run_node(dir: &Path, capacity: Option<LedgerCapacity>) -> (String, u64) {
     let mut config = NodeConfig::single(dir.to_path_buf(), "127.0.0.1:0".into());
+    config.ledger_capacity = capacity;
     config.checkpoint_every_entries = 4;
     config.snapshot_every_entries = 1_000_000;
     let node = Node::start(config).await.expect("node starts");
@@ -395,6 +397,48 @@ fn exports_are_identical_and_against_names_the_first_different_event() {
     let difference = summary.result_difference.expect("a difference");
     assert_eq!(difference.line, 11);
     assert_eq!(difference.status_other, None);
+}
+
+/// A node that ran with another capacity than the engine's defaults refused transfers a
+/// default ledger would accept: the replay must use the node's capacity (recorded in its
+/// snapshot, or given by the operator) to reach the node's state.
+#[test]
+fn the_replay_takes_the_nodes_capacity_from_its_snapshot_or_from_the_operator() {
+    let dir = scratch("small-node");
+    let capacity = LedgerCapacity {
+        accounts_max: 16,
+        transfers_max: 64,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (digest, _) = runtime.block_on(run_node(&dir, Some(capacity)));
+
+    let summary = replay::run(&options(&dir)).expect("replay runs");
+    assert!(summary.ok(), "{summary:?}");
+    assert_eq!(format!("{:032x}", summary.final_digest), digest);
+
+    // Without the snapshot, the defaults accept what the node refused: a divergence.
+    std::fs::remove_file(
+        dir.join("snapshots")
+            .join(tally_journal::SNAPSHOT_FILE_NAME),
+    )
+    .unwrap();
+    let summary = replay::run(&options(&dir)).expect("replay runs");
+    assert!(
+        matches!(summary.divergence, Some(Divergence::Checkpoint { .. })),
+        "{summary:?}"
+    );
+    // Told the capacity, it matches again.
+    let summary = replay::run(&ReplayOptions {
+        capacity: Some((capacity.accounts_max, capacity.transfers_max)),
+        ..options(&dir)
+    })
+    .expect("replay runs");
+    assert!(summary.ok(), "{summary:?}");
+    assert_eq!(format!("{:032x}", summary.final_digest), digest);
 }
 
 #[test]
