@@ -419,16 +419,31 @@ impl Ledger {
     }
 
     /// Makes room for `accounts` more accounts and `transfers` more transfers (each clamped to the
-    /// capacity left), so that tables do not grow (copy, rehash) one doubling at a time. Record
-    /// memory is reserved, not touched; the id indexes are allocated at their final size.
+    /// capacity left), so that tables do not grow (copy, rehash) one doubling at a time, and
+    /// touches the record memory now, as `with_capacity` does, so that the operating system's
+    /// first-touch page faults are paid here, not while applying batches.
     pub fn reserve(&mut self, accounts: usize, transfers: usize) {
+        fn reserve_touched<T: Copy>(records: &mut Vec<T>, additional: usize, blank: T) {
+            let len = records.len();
+            records.reserve_exact(additional);
+            records.resize(len + additional, blank);
+            records.truncate(len);
+        }
         let accounts = accounts.min(self.accounts_max - self.accounts.len());
         let transfers = transfers.min(self.transfers_max.saturating_sub(self.transfers.len()));
-        self.accounts.reserve_exact(accounts);
-        self.account_links.reserve_exact(accounts);
+        reserve_touched(&mut self.accounts, accounts, Aligned(Account::default()));
+        let heads = AccountLinks {
+            transfers_head: NONE,
+            history_head: NONE,
+        };
+        reserve_touched(&mut self.account_links, accounts, heads);
         self.account_indexes.reserve(accounts);
-        self.transfers.reserve_exact(transfers);
-        self.transfer_links.reserve_exact(transfers);
+        reserve_touched(&mut self.transfers, transfers, Aligned(Transfer::default()));
+        let links = TransferLinks {
+            debit_previous: NONE,
+            credit_previous: NONE,
+        };
+        reserve_touched(&mut self.transfer_links, transfers, links);
         self.transfer_indexes.reserve(transfers);
         self.pending_statuses.reserve_exact(transfers);
     }

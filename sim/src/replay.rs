@@ -1,7 +1,7 @@
 //! Audit replay: re-apply a node's input log on a fresh engine and prove that the
 //! node's recorded evidence (checkpoint entries, the snapshot) matches.
 //!
-//! The data directory is opened **read-only** (`Journal::open_read_only`,
+//! The data directory is opened **read-only** (`Journal::open_read_only_verifying_on_read`,
 //! `SnapshotStore::open_read_only`): an audit never changes what it audits, not even
 //! a torn tail (it is reported instead). Batches go through
 //! `tally_raft::apply::apply_batch`, the very function the node's business-logic
