@@ -248,6 +248,9 @@ async fn work<B: Backend>(
         ),
     };
     loop {
+        // Made before it is due, as a client has its request ready when it sends it: the
+        // latency is the ledger's (and the network's), not the generator's.
+        let batch = generator.next_batch(plan.batch_events, plan.operations_max);
         // When this request is due: its slot in the schedule, or now.
         let due = match &plan.schedule {
             Some(schedule) => {
@@ -267,7 +270,6 @@ async fn work<B: Backend>(
                 now
             }
         };
-        let batch = generator.next_batch(plan.batch_events, plan.operations_max);
         let Some((codes, resent)) = send(&mut backend, &batch, end, &mut worker, live).await else {
             continue;
         };

@@ -38,8 +38,12 @@ pub const RECORD_PAYLOAD_SIZE_MAX: usize = RECORD_SLOT_SIZE - RECORD_HEADER_SIZE
 pub const SNAPSHOT_HEADER_SIZE: usize = 64;
 /// Snapshot data is written in chunks of this size.
 pub const SNAPSHOT_WRITE_CHUNK_SIZE: usize = 4 * 1024 * 1024;
+/// A snapshot being saved is synced every time this much has been written since the last
+/// sync, so that it never holds more dirty data than this for the log's fsyncs to wait on.
+pub const SNAPSHOT_SYNC_BYTES: usize = 8 * 1024 * 1024;
 
 const _: () = assert!(ENTRY_RECORD_SIZE_MAX <= 1024 * 1024);
+const _: () = assert!(SNAPSHOT_SYNC_BYTES >= SNAPSHOT_WRITE_CHUNK_SIZE);
 const _: () = assert!(ENTRY_HEADER_SIZE % ENTRY_ALIGNMENT == 0);
 const _: () = assert!(SEGMENT_HEADER_SIZE % ENTRY_ALIGNMENT == 0);
 const _: () = assert!(EVENT_SIZE % ENTRY_ALIGNMENT == 0);
