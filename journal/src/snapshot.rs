@@ -89,6 +89,19 @@ impl SnapshotStore {
 
     /// Saves a snapshot durably and atomically; on return it is the latest.
     pub fn save(&mut self, last_log_id: Option<EntryId>, meta: &[u8], data: &[u8]) -> Result<()> {
+        self.save_paced(last_log_id, meta, data, std::time::Duration::ZERO)
+    }
+
+    /// `save`, sleeping `pause` after each intermediate sync (every `SNAPSHOT_SYNC_BYTES`), so
+    /// that writing a large snapshot takes the disk and the CPU a little at a time from a node
+    /// that is serving (the caller's thread sleeps: call it from a thread that may block).
+    pub fn save_paced(
+        &mut self,
+        last_log_id: Option<EntryId>,
+        meta: &[u8],
+        data: &[u8],
+        pause: std::time::Duration,
+    ) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
@@ -138,6 +151,9 @@ impl SnapshotStore {
                 file.sync_data()
                     .map_err(|error| Error::io("fdatasync", &temp, error))?;
                 unsynced = 0;
+                if !pause.is_zero() {
+                    std::thread::sleep(pause);
+                }
             }
         }
         file.sync_all()

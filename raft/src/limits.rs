@@ -59,4 +59,18 @@ const _: () = assert!(
 /// 8 MiB, a few milliseconds; batches are applied between steps.
 pub const SNAPSHOT_TRANSFERS_PER_STEP: usize = 1 << 16;
 
+/// The business-logic thread's rest between two snapshot steps, for batches: with steps of
+/// about 2 ms (8 MiB into memory already touched), a snapshot takes at most half its time.
+pub const SNAPSHOT_STEP_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// A node's thread saving a snapshot sleeps this long after each 8 MiB it syncs
+/// (`tally_journal::limits::SNAPSHOT_SYNC_BYTES`): a 400 MiB snapshot takes 0.25 s longer to
+/// write and leaves the CPU and the disk to the batches in between.
+pub const SNAPSHOT_SAVE_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// A snapshot's buffer has room for its size when asked plus 1/16 and 8 MiB more, for the
+/// batches applied before it begins.
+pub const SNAPSHOT_BUFFER_SLACK_DIVISOR: usize = 16;
+pub const SNAPSHOT_BUFFER_SLACK_BYTES: usize = 8 << 20;
+
 const _: () = assert!(SNAPSHOT_TRANSFERS_PER_STEP > 0);

@@ -62,6 +62,11 @@ struct Metadata {
     vote: Option<Vote>,
 }
 
+/// A removed segment's file is shrunk by this much at a time before it is closed...
+const RETIRED_FILE_SHRINK_BYTES: u64 = 8 << 20;
+/// ...with this pause in between.
+const RETIRED_FILE_SHRINK_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
 fn to_io(error: tally_journal::Error) -> io::Error {
     io::Error::other(error)
 }
@@ -113,6 +118,37 @@ impl LogStore {
                 .spawn(move || flush_loop(weak, requests))?;
         }
         Ok(LogStore { shared })
+    }
+}
+
+impl LogStore {
+    /// Closes the files of removed segments off the log's path (see
+    /// `Journal::take_retired_files`): on a blocking thread that nothing waits for, or
+    /// in place when everything runs inline (the simulator).
+    fn close_in_background(&self, retired: Vec<Arc<dyn tally_journal::StorageFile>>) {
+        if retired.is_empty() {
+            return;
+        }
+        match self.shared.threads {
+            Threads::Dedicated => {
+                tokio::task::spawn_blocking(move || {
+                    // Freed a few MiB at a time: the file system frees blocks in one
+                    // journal transaction per call, which the log's next fdatasync waits
+                    // for; a whole segment at once stalls it for tens of milliseconds.
+                    for file in retired {
+                        let mut length = file.len().unwrap_or(0);
+                        while length > 0 {
+                            length = length.saturating_sub(RETIRED_FILE_SHRINK_BYTES);
+                            if file.set_len(length).is_err() {
+                                break;
+                            }
+                            std::thread::sleep(RETIRED_FILE_SHRINK_PAUSE);
+                        }
+                    }
+                });
+            }
+            Threads::Inline => drop(retired),
+        }
     }
 }
 
@@ -326,20 +362,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
-        let mut journal = self.shared.journal.lock().expect("journal lock");
-        journal
-            .truncate_after(last_log_id.map(|log_id| log_id.index))
-            .map_err(to_io)
+        let retired = {
+            let mut journal = self.shared.journal.lock().expect("journal lock");
+            journal
+                .truncate_after(last_log_id.map(|log_id| log_id.index))
+                .map_err(to_io)?;
+            journal.take_retired_files()
+        };
+        self.close_in_background(retired);
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        let mut journal = self.shared.journal.lock().expect("journal lock");
-        journal
-            .purge_through(EntryId::new(
-                log_id.leader_id.term,
-                log_id.leader_id.node_id,
-                log_id.index,
-            ))
-            .map_err(to_io)
+        let retired = {
+            let mut journal = self.shared.journal.lock().expect("journal lock");
+            journal
+                .purge_through(EntryId::new(
+                    log_id.leader_id.term,
+                    log_id.leader_id.node_id,
+                    log_id.index,
+                ))
+                .map_err(to_io)?;
+            journal.take_retired_files()
+        };
+        self.close_in_background(retired);
+        Ok(())
     }
 }

@@ -272,7 +272,7 @@ impl Node {
         )
         .map_err(|error| StartError::Journal(error.to_string()))?;
         let snapshots = Arc::new(
-            SnapshotFiles::open(storage, &data_dir.join("snapshots"))
+            SnapshotFiles::open(storage, &data_dir.join("snapshots"), environment.threads)
                 .map_err(|error| StartError::Journal(error.to_string()))?,
         );
         let drift = Arc::new(DriftState::default());

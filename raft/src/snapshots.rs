@@ -5,6 +5,7 @@
 use std::io;
 use std::path::Path;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use std::sync::Arc;
 
@@ -12,17 +13,31 @@ use tally_journal::EntryId;
 use tally_journal::SnapshotStore;
 use tally_journal::Storage;
 
+use crate::limits::SNAPSHOT_SAVE_PAUSE;
 use crate::types::SnapshotMeta;
+use crate::Threads;
 
 pub struct SnapshotFiles {
     store: Mutex<SnapshotStore>,
+    /// Pause after each intermediate sync of a snapshot being saved (zero when saving
+    /// runs inline, on the simulator's only thread).
+    save_pause: Duration,
 }
 
 impl SnapshotFiles {
-    pub fn open(storage: Arc<dyn Storage>, dir: &Path) -> io::Result<SnapshotFiles> {
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        threads: Threads,
+    ) -> io::Result<SnapshotFiles> {
         let store = SnapshotStore::open(storage, dir).map_err(io::Error::other)?;
+        let save_pause = match threads {
+            Threads::Dedicated => SNAPSHOT_SAVE_PAUSE,
+            Threads::Inline => Duration::ZERO,
+        };
         Ok(SnapshotFiles {
             store: Mutex::new(store),
+            save_pause,
         })
     }
 
@@ -38,7 +53,7 @@ impl SnapshotFiles {
         self.store
             .lock()
             .expect("snapshot store lock")
-            .save(last_log_id, &meta_bytes, data)
+            .save_paced(last_log_id, &meta_bytes, data, self.save_pause)
             .map_err(io::Error::other)
     }
 

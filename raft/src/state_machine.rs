@@ -13,11 +13,16 @@ use openraft::OptionalSend;
 use openraft::RaftSnapshotBuilder;
 use tally_engine::Ledger;
 use tally_engine::SnapshotWriter;
+use tally_journal::limits::SNAPSHOT_SYNC_BYTES;
 
 use crate::apply::ApplyRing;
 use crate::apply::Core;
 use crate::apply::Job;
 use crate::limits::APPLY_ENTRIES_PER_PUBLISH;
+use crate::limits::SNAPSHOT_BUFFER_SLACK_BYTES;
+use crate::limits::SNAPSHOT_BUFFER_SLACK_DIVISOR;
+use crate::limits::SNAPSHOT_SAVE_PAUSE;
+use crate::limits::SNAPSHOT_STEP_PAUSE;
 use crate::limits::SNAPSHOT_TRANSFERS_PER_STEP;
 use crate::snapshots::SnapshotFiles;
 use crate::types::LogId;
@@ -129,12 +134,40 @@ impl StateMachine {
     /// a step at a time; `None` if the ledger was replaced (a snapshot was
     /// installed) in between. Also returns the longest step, in seconds.
     async fn encode_in_steps(&self) -> io::Result<Option<Encoded>> {
+        // The snapshot's buffer is allocated and touched on another thread: first-touch page
+        // faults of hundreds of MiB would otherwise pause the business-logic thread. Room for
+        // what is applied meanwhile; a buffer still too small only means some faults later.
+        let size = self
+            .ring
+            .run(|core: &mut Core| core.ledger.snapshot_size())
+            .await
+            .map_err(ring_error)?;
+        let pause = match self.threads {
+            Threads::Dedicated => SNAPSHOT_SAVE_PAUSE,
+            Threads::Inline => std::time::Duration::ZERO,
+        };
+        let buffer = crate::blocking(self.threads, move || {
+            let room = size + size / SNAPSHOT_BUFFER_SLACK_DIVISOR + SNAPSHOT_BUFFER_SLACK_BYTES;
+            let mut buffer: Vec<u8> = Vec::with_capacity(room);
+            // Touched a piece at a time, with the same pauses as saving: a few hundred MiB
+            // at once would take a core from a serving node for a quarter of a second.
+            while buffer.len() < room {
+                let piece = (room - buffer.len()).min(SNAPSHOT_SYNC_BYTES);
+                buffer.resize(buffer.len() + piece, 0);
+                if !pause.is_zero() {
+                    std::thread::sleep(pause);
+                }
+            }
+            buffer.clear();
+            Ok(buffer)
+        })
+        .await?;
         let (mut writer, last_applied, membership, generation, mut pause_seconds_max) = self
             .ring
             .run(|core: &mut Core| {
                 let started = std::time::Instant::now();
                 core.events_since_snapshot = 0;
-                let writer = core.ledger.snapshot_begin();
+                let writer = core.ledger.snapshot_begin_in(buffer);
                 (
                     writer,
                     core.last_applied,
@@ -164,6 +197,10 @@ impl StateMachine {
             };
             writer = step.0;
             pause_seconds_max = pause_seconds_max.max(seconds);
+            // Batches get the business-logic thread between steps, and not only the ones
+            // already waiting: copying back to back would take most of its time for as
+            // long as the snapshot lasts. (A fixed pause: the simulator's clock is virtual.)
+            tokio::time::sleep(SNAPSHOT_STEP_PAUSE).await;
         }
         Ok(Some((writer, last_applied, membership, pause_seconds_max)))
     }
@@ -192,25 +229,33 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             last_membership: membership,
         };
         let snapshots = Arc::clone(&self.snapshots);
-        let (meta, data) = crate::blocking(
+        let (meta, bytes) = crate::blocking(
             self.threads,
-            move || -> io::Result<(SnapshotMeta, Vec<u8>)> {
+            move || -> io::Result<(SnapshotMeta, usize)> {
                 let data = writer.finish();
                 snapshots.save(&meta, &data)?;
-                Ok((meta, data))
+                // Freed here: unmapping hundreds of MiB takes tens of milliseconds, which
+                // on a runtime worker would stall the requests it serves.
+                let bytes = data.len();
+                drop(data);
+                Ok((meta, bytes))
             },
         )
         .await?;
         metrics::counter!("tally_snapshots_built_total").increment(1);
         tracing::info!(
             last_log_id = ?meta.last_log_id,
-            bytes = data.len(),
+            bytes,
             step_ms_max = pause_seconds_max * 1000.0,
             "snapshot built"
         );
+        // The bytes are on disk; the built snapshot carries none. openraft keeps only the
+        // meta of a snapshot it had built (`core/sm/worker.rs` drops the data on a runtime
+        // worker) and reads the bytes back with `get_current_snapshot` when a follower
+        // needs them.
         Ok(Snapshot {
             meta,
-            snapshot: data,
+            snapshot: Vec::new(),
         })
     }
 }

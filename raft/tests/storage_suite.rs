@@ -21,7 +21,12 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
         let log =
             LogStore::open(Arc::clone(&storage), &dir.path().join("log")).expect("open log store");
         let snapshots = Arc::new(
-            SnapshotFiles::open(storage, &dir.path().join("snapshots")).expect("open snapshots"),
+            SnapshotFiles::open(
+                storage,
+                &dir.path().join("snapshots"),
+                tally_raft::Threads::Dedicated,
+            )
+            .expect("open snapshots"),
         );
         let state_machine = StateMachine::open(snapshots, |_| {}).expect("open state machine");
         Ok((dir, log, state_machine))
