@@ -233,7 +233,9 @@ fn write_comparison(
     );
     let _ = writeln!(
         markdown,
-        "Tally open loop at {:.0} transfers/s (half its uniform maximum): {:.0} acknowledged/s, \
+        "Tally open loop at {:.0} transfers/s (half its uniform maximum; batches and \
+         connections as in the table below, measured after a warm-up of the same load on the \
+         same node; snapshots and log purges happen during it): {:.0} acknowledged/s, \
          p99 **{} ms** (target ≤ {} ms: {}). Every run's ledger verification {}. Tally server \
          peak RSS: {:.0} MiB.\n",
         comparison.open_loop_rate,
