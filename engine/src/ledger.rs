@@ -726,24 +726,9 @@ impl Ledger {
     /// Undoes everything the chain did since `marks`, newest first.
     fn chain_rollback(&mut self, marks: &ChainMarks) {
         assert!(self.undo_recording);
-        while self.history.len() > marks.history_count {
-            let row = self.history.pop().expect("history row");
-            self.account_links[row.account_index as usize].history_head = row.previous;
-        }
-        while self.transfers.len() > marks.transfers_count {
-            self.pop_transfer();
-        }
-        while self.accounts.len() > marks.accounts_count {
-            let account_index = self.accounts.len() - 1;
-            let id = self.accounts[account_index].id;
-            let accounts = &self.accounts;
-            let removed = self
-                .account_indexes
-                .remove(id, |index| accounts[index as usize].id);
-            assert_eq!(removed, Some(account_index as u32));
-            self.accounts.pop();
-            self.account_links.pop();
-        }
+        // The undo log first, newest first, while every record it names still exists: a
+        // pending transfer created and then posted or voided inside the chain must be
+        // pending again before it is removed.
         while let Some(undo) = self.undo.pop() {
             match undo {
                 Undo::Balances {
@@ -774,6 +759,24 @@ impl Ledger {
                     }
                 }
             }
+        }
+        while self.history.len() > marks.history_count {
+            let row = self.history.pop().expect("history row");
+            self.account_links[row.account_index as usize].history_head = row.previous;
+        }
+        while self.transfers.len() > marks.transfers_count {
+            self.pop_transfer();
+        }
+        while self.accounts.len() > marks.accounts_count {
+            let account_index = self.accounts.len() - 1;
+            let id = self.accounts[account_index].id;
+            let accounts = &self.accounts;
+            let removed = self
+                .account_indexes
+                .remove(id, |index| accounts[index as usize].id);
+            assert_eq!(removed, Some(account_index as u32));
+            self.accounts.pop();
+            self.account_links.pop();
         }
         self.digest = marks.digest;
         self.undo_recording = false;
@@ -2185,5 +2188,67 @@ mod tests {
         }
         reserved.check_invariants();
         assert_eq!(reserved.snapshot(), growing.snapshot());
+    }
+
+    /// Found by the property tests: a chain that creates a pending transfer, posts it and
+    /// then fails must roll back whole. The rollback removed the pending transfer before
+    /// undoing its post, and a broken invariant stopped the node: a client could crash it.
+    #[test]
+    fn a_chain_that_posts_its_own_pending_transfer_then_fails_rolls_back() {
+        let mut ledger = Ledger::with_capacity(8, 64);
+        let accounts: Vec<Account> = (1..=2u128)
+            .map(|id| Account {
+                id,
+                ledger: 1,
+                code: 1,
+                ..Account::default()
+            })
+            .collect();
+        assert!(ledger
+            .create_accounts(1, &accounts)
+            .iter()
+            .all(|result| result.status == 0));
+        let before = (ledger.digest(), ledger.transfers_count());
+        let transfer = |id: u128, flags: u16, pending_id: u128, debit: u128| Transfer {
+            id,
+            debit_account_id: debit,
+            credit_account_id: 2,
+            amount: 5,
+            pending_id,
+            ledger: 1,
+            code: 1,
+            flags,
+            timeout: if flags & TransferFlags::PENDING != 0 {
+                60
+            } else {
+                0
+            },
+            ..Transfer::default()
+        };
+        let linked = TransferFlags::LINKED;
+        let batch = [
+            transfer(10, linked | TransferFlags::PENDING, 0, 1),
+            transfer(11, linked | TransferFlags::POST_PENDING_TRANSFER, 10, 0),
+            // Fails: the chain goes, the pending transfer and its post with it.
+            transfer(12, 0, 0, 2),
+        ];
+        let results = ledger.create_transfers(NANOSECONDS_PER_SECOND, &batch);
+        let codes: Vec<u32> = results.iter().map(|result| result.status).collect();
+        let failed = CreateTransferResult::LinkedEventFailed.code();
+        let different = CreateTransferResult::AccountsMustBeDifferent.code();
+        assert_eq!(codes, [failed, failed, different]);
+        assert_eq!((ledger.digest(), ledger.transfers_count()), before);
+        ledger.check_invariants();
+        // Without the failing event (the post closing the chain) it goes through.
+        let retry = [
+            batch[0],
+            transfer(11, TransferFlags::POST_PENDING_TRANSFER, 10, 0),
+        ];
+        let results = ledger.create_transfers(2 * NANOSECONDS_PER_SECOND, &retry);
+        assert!(
+            results.iter().all(|result| result.status == 0),
+            "{results:?}"
+        );
+        ledger.check_invariants();
     }
 }
