@@ -122,23 +122,22 @@ impl SnapshotStore {
         header[field::META_LEN..field::META_LEN + 4].copy_from_slice(&meta_len.to_le_bytes());
         header[field::DATA_LEN..field::DATA_LEN + 8]
             .copy_from_slice(&(data.len() as u64).to_le_bytes());
-        let crc = crc32c::crc32c_append(
-            crc32c::crc32c_append(crc32c::crc32c(&header[..field::CRC]), meta),
-            data,
-        );
-        header[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_le_bytes());
 
         let temp = self.dir.join(SNAPSHOT_TEMP_FILE_NAME);
         let file = self
             .storage
             .create(&temp)
             .map_err(|error| Error::io("create", &temp, error))?;
-        let mut offset = 0u64;
+        // The header, which holds the checksum, is written last; the checksum is computed
+        // chunk by chunk as the body is written (one pass over the data, at the writes' pace).
+        let mut crc = crc32c::crc32c(&header[..field::CRC]);
+        let mut offset = SNAPSHOT_HEADER_SIZE as u64;
         let mut unsynced = 0usize;
-        let chunks = [&header[..], meta]
+        let chunks = [meta]
             .into_iter()
             .chain(data.chunks(SNAPSHOT_WRITE_CHUNK_SIZE));
         for chunk in chunks {
+            crc = crc32c::crc32c_append(crc, chunk);
             file.write_at(chunk, offset)
                 .map_err(|error| Error::io("write", &temp, error))?;
             offset += chunk.len() as u64;
@@ -156,6 +155,9 @@ impl SnapshotStore {
                 }
             }
         }
+        header[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        file.write_at(&header, 0)
+            .map_err(|error| Error::io("write", &temp, error))?;
         file.sync_all()
             .map_err(|error| Error::io("fsync", &temp, error))?;
         let current = self.dir.join(SNAPSHOT_FILE_NAME);

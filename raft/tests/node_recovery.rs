@@ -10,6 +10,7 @@ use tally_engine::Transfer;
 use tally_raft::node::LedgerCapacity;
 use tally_raft::node::Node;
 use tally_raft::node::NodeConfig;
+use tally_raft::node::NodeStatus;
 use zerocopy::IntoBytes;
 
 const OK: u32 = 0;
@@ -55,6 +56,20 @@ async fn start_sized(
     node
 }
 
+/// Waits (bounded) for the snapshot policy's first snapshot to be saved: building one
+/// paces itself (steps with pauses between, syncs with pauses between), so it may
+/// finish after the last write, on a busy machine well after.
+async fn wait_for_a_snapshot(node: &Node) -> NodeStatus {
+    for _ in 0..200 {
+        let status = node.status();
+        if status.snapshot_index.is_some() {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no snapshot within 10 s: {:?}", node.status());
+}
+
 async fn submit_transfers(node: &Node, first_id: u128, count: u128) {
     for id in first_id..first_id + count {
         let events = [transfer(id, 1 + id % 4, 1 + (id + 1) % 4, 7)];
@@ -86,11 +101,7 @@ async fn restart_recovers_from_snapshot_and_log_with_the_same_digest() {
     submit_transfers(&node, 100, 60).await;
 
     // The policy (every 20 entries) has taken snapshots and purged behind them.
-    let status = node.status();
-    assert!(
-        status.snapshot_index.is_some(),
-        "a snapshot was taken: {status:?}"
-    );
+    let status = wait_for_a_snapshot(&node).await;
     let before = node.ledger_status().await.expect("status");
     assert_eq!(before.transfers, 60);
     node.shutdown().await;
@@ -139,10 +150,7 @@ async fn restart_from_a_snapshot_keeps_the_configured_capacity() {
         .expect("create accounts");
     assert!(results.iter().all(|result| result.status == OK));
     submit_transfers(&node, 100, 60).await;
-    assert!(
-        node.status().snapshot_index.is_some(),
-        "a snapshot was taken"
-    );
+    wait_for_a_snapshot(&node).await;
     let sizes = |ledger: &tally_engine::Ledger| (ledger.accounts_max(), ledger.transfers_max());
     assert_eq!(node.read_local(sizes).await.expect("read"), (8, 100));
     let before = node.ledger_status().await.expect("status");
