@@ -10,7 +10,6 @@ use tally_engine::Transfer;
 use tally_raft::node::LedgerCapacity;
 use tally_raft::node::Node;
 use tally_raft::node::NodeConfig;
-use tally_raft::node::NodeStatus;
 use zerocopy::IntoBytes;
 
 const OK: u32 = 0;
@@ -59,11 +58,10 @@ async fn start_sized(
 /// Waits (bounded) for the snapshot policy's first snapshot to be saved: building one
 /// paces itself (steps with pauses between, syncs with pauses between), so it may
 /// finish after the last write, on a busy machine well after.
-async fn wait_for_a_snapshot(node: &Node) -> NodeStatus {
+async fn wait_for_a_snapshot(node: &Node) {
     for _ in 0..200 {
-        let status = node.status();
-        if status.snapshot_index.is_some() {
-            return status;
+        if node.status().snapshot_index.is_some() {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -101,7 +99,7 @@ async fn restart_recovers_from_snapshot_and_log_with_the_same_digest() {
     submit_transfers(&node, 100, 60).await;
 
     // The policy (every 20 entries) has taken snapshots and purged behind them.
-    let status = wait_for_a_snapshot(&node).await;
+    wait_for_a_snapshot(&node).await;
     let before = node.ledger_status().await.expect("status");
     assert_eq!(before.transfers, 60);
     node.shutdown().await;
