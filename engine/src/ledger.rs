@@ -377,6 +377,42 @@ pub(crate) fn expires_at(transfer: &Transfer) -> Option<u64> {
     transfer.timestamp.checked_add(timeout_ns)
 }
 
+/// Room for transfer records and their links, allocated and touched (first-touch page faults
+/// paid) wherever it is prepared: a caller that knows how many transfers are coming (an audit
+/// replay) prepares it on another core while it does other work, then hands it to
+/// `Ledger::adopt_storage`. Holds no records.
+#[derive(Debug)]
+pub struct TransferStorage {
+    records: Vec<Aligned<Transfer>>,
+    links: Vec<TransferLinks>,
+}
+
+impl TransferStorage {
+    /// Room for `transfers` transfers.
+    pub fn prepare(transfers: usize) -> TransferStorage {
+        let mut records = Vec::new();
+        reserve_touched(&mut records, transfers, Aligned(Transfer::default()));
+        let mut links = Vec::new();
+        let blank = TransferLinks {
+            debit_previous: NONE,
+            credit_previous: NONE,
+        };
+        reserve_touched(&mut links, transfers, blank);
+        TransferStorage { records, links }
+    }
+}
+
+/// Makes room for `additional` more records and touches it, unless the room is already there.
+fn reserve_touched<T: Copy>(records: &mut Vec<T>, additional: usize, blank: T) {
+    let len = records.len();
+    if records.capacity() - len >= additional {
+        return;
+    }
+    records.reserve_exact(additional);
+    records.resize(len + additional, blank);
+    records.truncate(len);
+}
+
 impl Ledger {
     /// A ledger with the default capacities (`limits::ACCOUNTS_MAX`, `limits::TRANSFERS_MAX`,
     /// `limits::HISTORY_ROWS_MAX`). Memory grows with use; nothing is reserved up front.
@@ -422,13 +458,10 @@ impl Ledger {
     /// capacity left), so that tables do not grow (copy, rehash) one doubling at a time, and
     /// touches the record memory now, as `with_capacity` does, so that the operating system's
     /// first-touch page faults are paid here, not while applying batches.
+    ///
+    /// Room already there (from `with_capacity`, an earlier `reserve`, or `adopt_storage`) is
+    /// taken as touched and left alone.
     pub fn reserve(&mut self, accounts: usize, transfers: usize) {
-        fn reserve_touched<T: Copy>(records: &mut Vec<T>, additional: usize, blank: T) {
-            let len = records.len();
-            records.reserve_exact(additional);
-            records.resize(len + additional, blank);
-            records.truncate(len);
-        }
         let accounts = accounts.min(self.accounts_max - self.accounts.len());
         let transfers = transfers.min(self.transfers_max.saturating_sub(self.transfers.len()));
         reserve_touched(&mut self.accounts, accounts, Aligned(Account::default()));
@@ -446,6 +479,31 @@ impl Ledger {
         reserve_touched(&mut self.transfer_links, transfers, links);
         self.transfer_indexes.reserve(transfers);
         self.pending_statuses.reserve_exact(transfers);
+    }
+
+    /// The part of `reserve` that is not record memory: the id indexes at their final size and
+    /// the pending statuses, for a caller that prepares the records' memory elsewhere
+    /// (`TransferStorage`) at the same time.
+    pub fn reserve_indexes(&mut self, accounts: usize, transfers: usize) {
+        let accounts = accounts.min(self.accounts_max - self.accounts.len());
+        let transfers = transfers.min(self.transfers_max.saturating_sub(self.transfers.len()));
+        self.account_indexes.reserve(accounts);
+        self.transfer_indexes.reserve(transfers);
+        self.pending_statuses.reserve_exact(transfers);
+    }
+
+    /// Takes `storage` (prepared, possibly on another thread, by `TransferStorage::prepare`) as
+    /// the memory of the transfer records and their links, so that a `reserve` for as many
+    /// transfers after it only sizes the id index. Only for a ledger with no transfers yet;
+    /// storage that is smaller than what the ledger already has is dropped.
+    pub fn adopt_storage(&mut self, storage: TransferStorage) {
+        assert!(self.transfers.is_empty() && self.transfer_links.is_empty());
+        if storage.records.capacity() > self.transfers.capacity() {
+            self.transfers = storage.records;
+        }
+        if storage.links.capacity() > self.transfer_links.capacity() {
+            self.transfer_links = storage.links;
+        }
     }
 
     /// Like `with_capacity`, with the history capacity chosen too (rows of balance history for
@@ -2250,5 +2308,41 @@ mod tests {
             "{results:?}"
         );
         ledger.check_invariants();
+    }
+
+    #[test]
+    fn storage_prepared_elsewhere_is_adopted_and_behaves_as_reserved() {
+        let mut stream = Stream(9);
+        let mut adopted = Ledger::with_capacity_on_demand(64, 4096);
+        let storage = std::thread::spawn(|| TransferStorage::prepare(4096))
+            .join()
+            .expect("prepare");
+        adopted.reserve_indexes(0, 4096);
+        adopted.adopt_storage(storage);
+        assert!(adopted.transfers.capacity() >= 4096);
+        let capacity = adopted.transfers.capacity();
+        // The room is there: reserving again neither reallocates nor touches.
+        adopted.reserve(0, 4096);
+        assert_eq!(adopted.transfers.capacity(), capacity);
+        let mut growing = Ledger::with_capacity_on_demand(64, 4096);
+        let accounts = accounts(&mut stream);
+        assert_eq!(
+            adopted.create_accounts(1, &accounts),
+            growing.create_accounts(1, &accounts)
+        );
+        let mut pending_ids = Vec::new();
+        for batch in 0..6 {
+            let events: Vec<Transfer> = (0..300)
+                .map(|_| transfer(&mut stream, &mut pending_ids))
+                .collect();
+            let timestamp = (batch + 1) * NANOSECONDS_PER_SECOND;
+            assert_eq!(
+                adopted.create_transfers(timestamp, &events),
+                growing.create_transfers(timestamp, &events)
+            );
+        }
+        adopted.check_invariants();
+        assert_eq!(adopted.snapshot(), growing.snapshot());
+        assert_eq!(adopted.transfers.capacity(), capacity);
     }
 }

@@ -47,6 +47,7 @@ use serde::Serialize;
 use tally_engine::CreateAccountResult;
 use tally_engine::CreateTransferResult;
 use tally_engine::Ledger;
+use tally_engine::TransferStorage;
 use tally_journal::Entry;
 use tally_journal::EntryKind;
 use tally_journal::FsStorage;
@@ -452,6 +453,18 @@ pub fn run(options: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
         peeked.map(|(index, _)| index),
     )?;
     let range = entry_range(&journal, start);
+    let bound = events_bound(&log_dir);
+    // A genesis replay's transfer records get their memory prepared (allocated and touched)
+    // on the other core while this one sizes the id indexes.
+    let records = (start == StartPoint::Genesis).then(|| {
+        let capacity = options.capacity.or(peeked.map(|(_, capacity)| capacity));
+        let transfers_max = capacity.map_or(tally_engine::limits::TRANSFERS_MAX, |(_, max)| max);
+        let transfers = bound.min(transfers_max);
+        std::thread::Builder::new()
+            .name("replay-storage".into())
+            .spawn(move || TransferStorage::prepare(transfers))
+            .expect("spawn the storage thread")
+    });
     let mut replay = match start {
         StartPoint::Snapshot { index } => {
             let snapshot = load_snapshot(&storage, &snapshot_dir)?;
@@ -468,7 +481,13 @@ pub fn run(options: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
             Replay::from_genesis(options, capacity, evidence, range)?
         }
     };
-    replay.ledger.reserve(0, events_bound(&log_dir));
+    replay.ledger.reserve_indexes(0, bound);
+    if let Some(records) = records {
+        let records = records.join().expect("the storage thread panicked");
+        replay.ledger.adopt_storage(records);
+    }
+    // Touches only what the prepared storage does not cover (a snapshot start).
+    replay.ledger.reserve(0, bound);
     replay.torn_tail = report.torn_tail.map(|torn| TornTail {
         index: torn.index,
         reason: torn.reason.to_owned(),
