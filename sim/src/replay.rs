@@ -476,15 +476,17 @@ pub fn run(options: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
         }
         StartPoint::Genesis => {
             let capacity = options.capacity.or(peeked.map(|(_, capacity)| capacity));
-            let evidence = peeked
-                .map(|(index, _)| SnapshotEvidence::load(&storage, snapshot_dir.clone(), index));
-            Replay::from_genesis(options, capacity, evidence, range)?
+            Replay::from_genesis(options, capacity, None, range)?
         }
     };
     replay.ledger.reserve_indexes(0, bound);
     if let Some(records) = records {
         let records = records.join().expect("the storage thread panicked");
         replay.ledger.adopt_storage(records);
+        // Only now: the other core prepares the records first, which the replay waits
+        // for; the evidence is wanted only once the replay reaches the snapshot's index.
+        replay.snapshot_evidence =
+            peeked.map(|(index, _)| SnapshotEvidence::load(&storage, snapshot_dir.clone(), index));
     }
     // Touches only what the prepared storage does not cover (a snapshot start).
     replay.ledger.reserve(0, bound);
@@ -555,9 +557,8 @@ fn snapshot_error(index: u64, error: tally_engine::SnapshotError) -> ReplayError
     ))
 }
 
-/// The node's snapshot as evidence for a genesis replay. Restoring it takes about as
-/// long as replaying its part of the log, so a thread of its own restores it while
-/// the replay runs.
+/// The node's snapshot as evidence for a genesis replay: a thread of its own loads and
+/// verifies it and reads its state's digest from its records while the replay runs.
 struct SnapshotEvidence {
     index: u64,
     restoring: Option<std::thread::JoinHandle<Result<Checkpoint, ReplayError>>>,
@@ -578,12 +579,13 @@ impl SnapshotEvidence {
                     Some((loaded, bytes)) if loaded == index => bytes,
                     _ => return Err(snapshot_changed()),
                 };
-                let restored =
-                    Ledger::restore(&bytes).map_err(|error| snapshot_error(index, error))?;
+                // The state's digest read from the records: no ledger rebuilt.
+                let (digest, hash_chain) = Ledger::snapshot_digest(&bytes)
+                    .map_err(|error| snapshot_error(index, error))?;
                 Ok(Checkpoint {
                     index,
-                    digest: restored.digest(),
-                    hash_chain: restored.hash_chain(),
+                    digest,
+                    hash_chain,
                 })
             })
             .expect("spawn the snapshot restoring thread");
