@@ -18,7 +18,6 @@ use serde_json::json;
 use serde_json::Value;
 use tally_engine::AccountFlags;
 use tally_engine::TransferFlags;
-use tally_raft::node::LedgerCapacity;
 
 use crate::cluster::parse_peers;
 use crate::cluster::NodeSettings;
@@ -112,26 +111,8 @@ pub struct StartArgs {
     /// Record (and, on the leader, propose) a state-digest checkpoint every N log entries.
     #[arg(long, default_value_t = tally_raft::limits::CHECKPOINT_EVERY_ENTRIES_DEFAULT)]
     pub checkpoint_every: u64,
-    /// The most accounts the ledger holds; with --transfers-max, the ledger's memory is reserved
-    /// at start-up (about 175 MiB per million accounts) and never grows while serving. Without
-    /// both: 1,048,576 accounts and 16,777,216 transfers, memory grown on demand (short pauses
-    /// as tables double). Every member of a cluster needs the same values.
-    #[arg(
-        long,
-        env = "TALLY_ACCOUNTS_MAX",
-        requires = "transfers_max",
-        value_parser = clap::value_parser!(u32).range(1..u32::MAX as i64)
-    )]
-    pub accounts_max: Option<u32>,
-    /// The most transfers the ledger holds (ids of transfers that failed transiently count too;
-    /// about 242 MiB per million transfers). Goes with --accounts-max.
-    #[arg(
-        long,
-        env = "TALLY_TRANSFERS_MAX",
-        requires = "accounts_max",
-        value_parser = clap::value_parser!(u32).range(1..u32::MAX as i64)
-    )]
-    pub transfers_max: Option<u32>,
+    #[command(flatten)]
+    pub capacity: tally_sim::replay::CapacityArgs,
 }
 
 impl StartArgs {
@@ -172,18 +153,8 @@ impl StartArgs {
                 heartbeat_ms: self.heartbeat_ms,
                 election_timeout_ms: self.election_timeout_ms,
                 checkpoint_every: self.checkpoint_every,
-                ledger_capacity: self.ledger_capacity(),
+                ledger_capacity: self.capacity.ledger_capacity(),
             },
-        })
-    }
-}
-
-impl StartArgs {
-    fn ledger_capacity(&self) -> Option<LedgerCapacity> {
-        let (accounts_max, transfers_max) = (self.accounts_max?, self.transfers_max?);
-        Some(LedgerCapacity {
-            accounts_max: accounts_max as usize,
-            transfers_max: transfers_max as usize,
         })
     }
 }

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::limits::{
     FORMAT_VERSION, SNAPSHOT_HEADER_SIZE, SNAPSHOT_SYNC_BYTES, SNAPSHOT_WRITE_CHUNK_SIZE,
 };
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageFile};
 use crate::EntryId;
 
 /// Magic at the start of a snapshot file.
@@ -171,27 +171,12 @@ impl SnapshotStore {
 
     /// The latest saved snapshot, checksum-verified; `None` if there is none.
     pub fn load_latest(&self) -> Result<Option<Snapshot>> {
-        let path = self.dir.join(SNAPSHOT_FILE_NAME);
-        let file = match self.storage.open_read_only(&path) {
-            Ok(file) => file,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => return Err(Error::io("open", path, error)),
+        let Some((path, file, header)) = self.open_latest()? else {
+            return Ok(None);
         };
         let size = file
             .len()
             .map_err(|error| Error::io("stat", &path, error))?;
-        let mut header = [0u8; SNAPSHOT_HEADER_SIZE];
-        let read = file
-            .read_at(&mut header, 0)
-            .map_err(|error| Error::io("read", &path, error))?;
-        if read < SNAPSHOT_HEADER_SIZE || header[field::MAGIC..field::MAGIC + 4] != SNAPSHOT_MAGIC {
-            return Err(Error::corruption(
-                path,
-                0,
-                None,
-                "snapshot header missing or bad magic",
-            ));
-        }
         let version = u16_at(&header, field::VERSION);
         if version != FORMAT_VERSION {
             return Err(Error::UnsupportedVersion {
@@ -245,11 +230,7 @@ impl SnapshotStore {
                 "snapshot header fields out of range",
             ));
         }
-        let last_log_id = (has_log_id == 1).then(|| EntryId {
-            term: u64_at(&header, field::TERM),
-            leader_node_id: u64_at(&header, field::LEADER),
-            index: u64_at(&header, field::INDEX),
-        });
+        let last_log_id = header_log_id(&header);
         Ok(Some(Snapshot {
             last_log_id,
             meta,
@@ -262,6 +243,29 @@ impl SnapshotStore {
     /// snapshot before `load_latest` has verified it (an audit replay reading the engine's
     /// recorded capacity). `None` if there is no snapshot.
     pub fn peek_latest(&self, len: usize) -> Result<Option<(Option<EntryId>, Vec<u8>)>> {
+        let Some((path, file, header)) = self.open_latest()? else {
+            return Ok(None);
+        };
+        let meta_len = u64::from(u32_at(&header, field::META_LEN));
+        let data_len = u64_at(&header, field::DATA_LEN);
+        let mut data =
+            vec![0u8; usize::try_from(data_len).map_or(len, |data_len| data_len.min(len))];
+        let complete = read_fully(&*file, &mut data, SNAPSHOT_HEADER_SIZE as u64 + meta_len)
+            .map_err(|error| Error::io("read", &path, error))?;
+        if !complete {
+            return Err(Error::corruption(
+                path,
+                0,
+                None,
+                "snapshot shorter than its header says",
+            ));
+        }
+        Ok(Some((header_log_id(&header), data)))
+    }
+
+    /// The latest snapshot file, opened, with its header read and its magic checked;
+    /// `None` if there is none.
+    fn open_latest(&self) -> Result<Option<OpenSnapshot>> {
         let path = self.dir.join(SNAPSHOT_FILE_NAME);
         let file = match self.storage.open_read_only(&path) {
             Ok(file) => file,
@@ -280,35 +284,24 @@ impl SnapshotStore {
                 "snapshot header missing or bad magic",
             ));
         }
-        let meta_len = u64::from(u32_at(&header, field::META_LEN));
-        let data_len = u64_at(&header, field::DATA_LEN);
-        let mut data =
-            vec![0u8; usize::try_from(data_len).map_or(len, |data_len| data_len.min(len))];
-        let complete = read_fully(&*file, &mut data, SNAPSHOT_HEADER_SIZE as u64 + meta_len)
-            .map_err(|error| Error::io("read", &path, error))?;
-        if !complete {
-            return Err(Error::corruption(
-                path,
-                0,
-                None,
-                "snapshot shorter than its header says",
-            ));
-        }
-        let last_log_id = (header[field::HAS_LOG_ID] == 1).then(|| EntryId {
-            term: u64_at(&header, field::TERM),
-            leader_node_id: u64_at(&header, field::LEADER),
-            index: u64_at(&header, field::INDEX),
-        });
-        Ok(Some((last_log_id, data)))
+        Ok(Some((path, file, header)))
     }
+}
+
+/// A snapshot file opened: its path, the file and its header.
+type OpenSnapshot = (PathBuf, Arc<dyn StorageFile>, [u8; SNAPSHOT_HEADER_SIZE]);
+
+/// The log id a snapshot header names (`has_log_id` 1), if any.
+fn header_log_id(header: &[u8; SNAPSHOT_HEADER_SIZE]) -> Option<EntryId> {
+    (header[field::HAS_LOG_ID] == 1).then(|| EntryId {
+        term: u64_at(header, field::TERM),
+        leader_node_id: u64_at(header, field::LEADER),
+        index: u64_at(header, field::INDEX),
+    })
 }
 
 /// Fills `buf` from `offset`; `false` when the file ends first (`read_at` reads short only
 /// at the end of the file).
-fn read_fully(
-    file: &dyn crate::storage::StorageFile,
-    buf: &mut [u8],
-    offset: u64,
-) -> io::Result<bool> {
+fn read_fully(file: &dyn StorageFile, buf: &mut [u8], offset: u64) -> io::Result<bool> {
     Ok(file.read_at(buf, offset)? == buf.len())
 }

@@ -1147,9 +1147,22 @@ pub struct ReplayArgs {
     /// Compare the results with an earlier `--export` file; print the first difference.
     #[arg(long, alias = "diff")]
     pub against: Option<PathBuf>,
-    /// The --accounts-max the node ran with, when it raised the capacity. By default the
-    /// capacity recorded in the node's snapshot, else the engine's defaults. A replay with
-    /// another capacity than the node's refuses other transfers and reports a divergence.
+    /// The capacity the node ran with, when it raised it. By default the capacity
+    /// recorded in the node's snapshot, else the engine's defaults. A replay with another
+    /// capacity than the node's refuses other transfers and reports a divergence.
+    #[command(flatten)]
+    pub capacity: CapacityArgs,
+}
+
+/// The ledger-capacity flags, the same for `tally start` and `tally replay` (a replay must
+/// use the capacity the node ran with).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct CapacityArgs {
+    /// The most accounts the ledger holds; with --transfers-max, the ledger's memory is
+    /// reserved at start-up (about 175 MiB per million accounts) and never grows while
+    /// serving. Without both: 1,048,576 accounts and 16,777,216 transfers, memory grown on
+    /// demand (short pauses as tables double). Every member of a cluster needs the same
+    /// values, and so does a replay of a member's data.
     #[arg(
         long,
         env = "TALLY_ACCOUNTS_MAX",
@@ -1157,7 +1170,8 @@ pub struct ReplayArgs {
         value_parser = clap::value_parser!(u32).range(1..u32::MAX as i64)
     )]
     pub accounts_max: Option<u32>,
-    /// The --transfers-max the node ran with. Goes with --accounts-max.
+    /// The most transfers the ledger holds (ids of transfers that failed transiently count
+    /// too; about 242 MiB per million transfers). Goes with --accounts-max.
     #[arg(
         long,
         env = "TALLY_TRANSFERS_MAX",
@@ -1165,6 +1179,17 @@ pub struct ReplayArgs {
         value_parser = clap::value_parser!(u32).range(1..u32::MAX as i64)
     )]
     pub transfers_max: Option<u32>,
+}
+
+impl CapacityArgs {
+    /// Both flags, or `None` (the engine's defaults).
+    pub fn ledger_capacity(&self) -> Option<tally_raft::node::LedgerCapacity> {
+        let (accounts_max, transfers_max) = (self.accounts_max?, self.transfers_max?);
+        Some(tally_raft::node::LedgerCapacity {
+            accounts_max: accounts_max as usize,
+            transfers_max: transfers_max as usize,
+        })
+    }
 }
 
 /// Exit codes of the `replay` command.
@@ -1182,9 +1207,9 @@ pub fn main(args: &ReplayArgs) -> ExitCode {
         against: args.against.clone(),
         progress: io::stderr().is_terminal(),
         capacity: args
-            .accounts_max
-            .zip(args.transfers_max)
-            .map(|(accounts, transfers)| (accounts as usize, transfers as usize)),
+            .capacity
+            .ledger_capacity()
+            .map(|capacity| (capacity.accounts_max, capacity.transfers_max)),
     };
     match run(&options) {
         Ok(summary) => {
