@@ -190,6 +190,9 @@ pub struct Journal {
     buffered_last: Option<EntryId>,
     /// Files of removed segments, still open (see [`Journal::take_retired_files`]).
     retired_files: Vec<Arc<dyn StorageFile>>,
+    /// Sealed, synced segments no longer among the newest two (see
+    /// [`Journal::take_cold_files`]).
+    cold_files: Vec<Arc<dyn StorageFile>>,
 }
 
 fn segment_file_name(first_index: u64) -> String {
@@ -550,6 +553,7 @@ impl Journal {
             buffered_offsets: Vec::new(),
             buffered_last: None,
             retired_files: Vec::new(),
+            cold_files: Vec::new(),
         };
         let mut report = RecoveryReport {
             purged,
@@ -883,6 +887,11 @@ impl Journal {
             return Err(self.poison(operation, &path, error));
         }
         self.dir_changes += 1;
+        // The segment sealed at the roll before this one is synced, and the entries read soon
+        // (applied, replicated) are in the newest two.
+        if let Some(cold) = self.segments.len().checked_sub(2) {
+            self.cold_files.push(self.segments[cold].file.clone());
+        }
         self.segments.push(Segment {
             first_index,
             size: self.segment_size,
@@ -1091,6 +1100,16 @@ impl Journal {
     /// ext4, and would otherwise happen inside the purge, while appends wait.
     pub fn take_retired_files(&mut self) -> Vec<Arc<dyn StorageFile>> {
         std::mem::take(&mut self.retired_files)
+    }
+
+    /// Files of sealed segments that are synced and older than the newest two, for the caller to
+    /// drop from the page cache (`StorageFile::forget_cached`) off the log's path. The log is
+    /// written once and read soon after (applied, replicated) or much later (a lagging follower,
+    /// a restart, an audit): left cached, it would grow the page cache by every byte the log
+    /// writes, and on a virtual machine the pages of a growing page cache are the costliest part
+    /// of a write (docs/design.md §3).
+    pub fn take_cold_files(&mut self) -> Vec<Arc<dyn StorageFile>> {
+        std::mem::take(&mut self.cold_files)
     }
 
     /// Forgets every entry through `id.index` (after a snapshot covering them).

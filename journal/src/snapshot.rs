@@ -149,6 +149,12 @@ impl SnapshotStore {
             if unsynced >= SNAPSHOT_SYNC_BYTES {
                 file.sync_data()
                     .map_err(|error| Error::io("fdatasync", &temp, error))?;
+                // Synced pages are clean: dropped from the page cache, a snapshot as large as
+                // the state does not grow it by as much (docs/design.md §3). Only a hint.
+                let synced_from = offset - unsynced as u64;
+                if let Err(error) = file.forget_cached(synced_from, unsynced as u64) {
+                    tracing::debug!(%error, "snapshot pages not dropped from the page cache");
+                }
                 unsynced = 0;
                 if !pause.is_zero() {
                     std::thread::sleep(pause);

@@ -44,6 +44,13 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     fn sync_data(&self) -> io::Result<()>;
     /// `fsync`.
     fn sync_all(&self) -> io::Result<()>;
+    /// Tells the operating system that the synced bytes in `offset..offset + len` will not be
+    /// read again soon, so their cached pages can go (`posix_fadvise(DONTNEED)`). Only a hint:
+    /// nothing read later changes, it may only come from the disk. The default does nothing.
+    fn forget_cached(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
 }
 
 /// Reads `buf.len()` bytes at `offset`; bytes past the end of the file read as zero
@@ -155,5 +162,13 @@ impl StorageFile for FsFile {
 
     fn sync_all(&self) -> io::Result<()> {
         self.0.sync_all()
+    }
+
+    fn forget_cached(&self, offset: u64, len: u64) -> io::Result<()> {
+        let Some(len) = std::num::NonZeroU64::new(len) else {
+            return Ok(());
+        };
+        rustix::fs::fadvise(&self.0, offset, Some(len), rustix::fs::Advice::DontNeed)
+            .map_err(io::Error::from)
     }
 }

@@ -43,6 +43,10 @@ pub const CHECKPOINT_EVERY_ENTRIES_DEFAULT: u64 = 1_000;
 pub const LEADER_SETTLE_RETRIES: u32 = 40;
 pub const LEADER_SETTLE_PAUSE: std::time::Duration = std::time::Duration::from_millis(25);
 
+/// Payload bytes of the newest log entries the log store keeps in memory, as appended, to
+/// serve applying and replicating them without reading them back from the journal.
+pub const RECENT_ENTRIES_BYTES: usize = 64 * 1024 * 1024;
+
 /// Entries carried by one append-entries RPC.
 pub const APPEND_ENTRIES_MAX: u64 = 64;
 

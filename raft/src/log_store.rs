@@ -29,6 +29,7 @@ use tally_journal::MetaStore;
 use tally_journal::Storage;
 use tally_journal::SyncTicket;
 
+use crate::limits::RECENT_ENTRIES_BYTES;
 use crate::types::Batch;
 use crate::types::Entry;
 use crate::types::LogId;
@@ -43,6 +44,8 @@ pub struct LogStore {
 
 struct Shared {
     journal: Mutex<Journal>,
+    /// The newest entries, as appended; locked after `journal`, and changed only with it held.
+    recent: Mutex<RecentEntries>,
     meta: Mutex<MetaStore>,
     vote: Mutex<Option<Vote>>,
     /// The flusher thread; `None` with `Threads::Inline` (sync in place).
@@ -60,6 +63,90 @@ struct FlushRequest {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Metadata {
     vote: Option<Vote>,
+}
+
+/// The newest entries, kept as they were appended (their payloads are shared, not copied), so
+/// that applying them and replicating them to each follower does not read them back from the
+/// journal: a read copies the entry out of the page cache into a new buffer and verifies its
+/// checksum, and the leader would do that once per follower and once to apply. Contiguous, and
+/// ending at the journal's last entry whenever it is not empty.
+#[derive(Default)]
+struct RecentEntries {
+    entries: std::collections::VecDeque<Entry>,
+    /// Payload bytes held, kept at most `RECENT_ENTRIES_BYTES` (plus the newest entry).
+    bytes: usize,
+}
+
+impl RecentEntries {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|entry| entry.log_id.index)
+    }
+
+    fn last_index(&self) -> Option<u64> {
+        self.entries.back().map(|entry| entry.log_id.index)
+    }
+
+    fn payload_bytes(entry: &Entry) -> usize {
+        match &entry.payload {
+            EntryPayload::Normal(batch) => batch.events.len(),
+            EntryPayload::Blank | EntryPayload::Membership(_) => 0,
+        }
+    }
+
+    fn append(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else {
+            return;
+        };
+        if self
+            .last_index()
+            .is_some_and(|last| last + 1 != first.log_id.index)
+        {
+            self.clear();
+        }
+        for entry in entries {
+            self.bytes += Self::payload_bytes(entry);
+            self.entries.push_back(entry.clone());
+        }
+        while self.bytes > RECENT_ENTRIES_BYTES && self.entries.len() > 1 {
+            let evicted = self.entries.pop_front().expect("more than one entry");
+            self.bytes -= Self::payload_bytes(&evicted);
+        }
+    }
+
+    /// Forgets the entries after `index` (`None`: all).
+    fn truncate_after(&mut self, index: Option<u64>) {
+        while let Some(last) = self.last_index() {
+            if index.is_some_and(|index| last <= index) {
+                break;
+            }
+            let removed = self.entries.pop_back().expect("not empty");
+            self.bytes -= Self::payload_bytes(&removed);
+        }
+    }
+
+    /// Forgets the entries through `index`.
+    fn purge_through(&mut self, index: u64) {
+        while self.first_index().is_some_and(|first| first <= index) {
+            let removed = self.entries.pop_front().expect("not empty");
+            self.bytes -= Self::payload_bytes(&removed);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// The entries `start..=end` if all of them are here.
+    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        let first = self.first_index()?;
+        if start < first || Some(end) > self.last_index() {
+            return None;
+        }
+        let from = usize::try_from(start - first).ok()?;
+        let to = usize::try_from(end - first).ok()?;
+        Some(self.entries.range(from..=to).cloned().collect())
+    }
 }
 
 /// A removed segment's file is shrunk by this much at a time before it is closed...
@@ -106,6 +193,7 @@ impl LogStore {
         };
         let shared = Arc::new(Shared {
             journal: Mutex::new(journal),
+            recent: Mutex::new(RecentEntries::default()),
             meta: Mutex::new(meta),
             vote: Mutex::new(vote),
             flusher,
@@ -149,6 +237,25 @@ impl LogStore {
             }
             Threads::Inline => drop(retired),
         }
+    }
+}
+
+impl LogStore {
+    /// Drops the cached pages of cold segments (see `Journal::take_cold_files`) on a blocking
+    /// thread that nothing waits for; nothing to do when everything runs inline (the
+    /// simulator's storage keeps no page cache).
+    fn forget_cached_in_background(&self, cold: Vec<Arc<dyn tally_journal::StorageFile>>) {
+        if cold.is_empty() || self.shared.threads == Threads::Inline {
+            return;
+        }
+        tokio::task::spawn_blocking(move || {
+            for file in cold {
+                let result = file.len().and_then(|length| file.forget_cached(0, length));
+                if let Err(error) = result {
+                    tracing::debug!(%error, "log pages not dropped from the page cache");
+                }
+            }
+        });
     }
 }
 
@@ -281,6 +388,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
             if start > end {
                 return Ok(Vec::new());
             }
+            let recent = self.shared.recent.lock().expect("recent entries lock");
+            debug_assert!(recent.last_index().is_none_or(|index| index == last));
+            if let Some(entries) = recent.get(start, end) {
+                return Ok(entries);
+            }
             journal.read(start..=end).map_err(to_io)?
         };
         entries.into_iter().map(from_journal_entry).collect()
@@ -340,15 +452,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
-        let entries = entries
-            .into_iter()
-            .map(|entry| to_journal_entry(&entry))
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let journal_entries = entries
+            .iter()
+            .map(to_journal_entry)
             .collect::<io::Result<Vec<JournalEntry>>>()?;
-        let ticket = {
+        let (ticket, cold) = {
             let mut journal = self.shared.journal.lock().expect("journal lock");
-            journal.append_all(&entries).map_err(to_io)?;
-            journal.prepare_sync()
+            journal.append_all(&journal_entries).map_err(to_io)?;
+            let mut recent = self.shared.recent.lock().expect("recent entries lock");
+            recent.append(&entries);
+            (journal.prepare_sync(), journal.take_cold_files())
         };
+        self.forget_cached_in_background(cold);
         let request = FlushRequest { ticket, callback };
         match &self.shared.flusher {
             Some(flusher) => flusher
@@ -367,6 +483,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             journal
                 .truncate_after(last_log_id.map(|log_id| log_id.index))
                 .map_err(to_io)?;
+            let mut recent = self.shared.recent.lock().expect("recent entries lock");
+            recent.truncate_after(last_log_id.map(|log_id| log_id.index));
             journal.take_retired_files()
         };
         self.close_in_background(retired);
@@ -383,6 +501,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     log_id.index,
                 ))
                 .map_err(to_io)?;
+            let mut recent = self.shared.recent.lock().expect("recent entries lock");
+            recent.purge_through(log_id.index);
             journal.take_retired_files()
         };
         self.close_in_background(retired);
