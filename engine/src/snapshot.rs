@@ -55,15 +55,17 @@ pub enum SnapshotError {
 /// so the thread that owns the ledger is never stopped for the whole encoding.
 #[derive(Debug)]
 pub struct SnapshotWriter {
-    /// Header, meta, accounts, then the transfers copied so far.
+    /// Header, meta, accounts, then the transfers copied so far, less what `take_bytes` took.
     bytes: Vec<u8>,
+    /// Bytes handed out by `take_bytes`.
+    taken: usize,
     /// Pending statuses, failed ids and history rows, as they were at the beginning.
     tail: Vec<u8>,
     size: usize,
     transfers_count: usize,
     transfers_written: usize,
     hash_chain: u128,
-    /// The checksum of `bytes[..checksummed]`.
+    /// The checksum of everything taken and `bytes[..checksummed]`.
     checksum: u32,
     checksummed: usize,
 }
@@ -78,6 +80,24 @@ impl SnapshotWriter {
         self.checksummed = self.bytes.len();
     }
 
+    /// The bytes copied so far (less any taken before), checksummed; `buffer`, emptied, takes
+    /// their place. For a caller that writes the snapshot out as it is encoded: with the
+    /// buffers it gets back, the snapshot is never whole in memory, and memory once touched is
+    /// reused. What `finish` returns is the rest.
+    pub fn take_bytes(&mut self, mut buffer: Vec<u8>) -> Vec<u8> {
+        self.checksum_copied();
+        buffer.clear();
+        let bytes = std::mem::replace(&mut self.bytes, buffer);
+        self.taken += bytes.len();
+        self.checksummed = 0;
+        bytes
+    }
+
+    /// The snapshot's size in bytes, all of it: what was taken, what is copied, what is left.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
     /// Transfers still to copy with `Ledger::snapshot_continue`.
     pub fn transfers_left(&self) -> usize {
         self.transfers_count - self.transfers_written
@@ -88,15 +108,16 @@ impl SnapshotWriter {
         self.hash_chain
     }
 
-    /// The snapshot bytes: the rest of the body and the checksum. Needs no ledger, so it can run
-    /// on another thread. Panics if transfers are left to copy.
+    /// The snapshot bytes not taken: the rest of the body and the checksum (without
+    /// `take_bytes`, the whole snapshot). Needs no ledger, so it can run on another thread.
+    /// Panics if transfers are left to copy.
     pub fn finish(mut self) -> Vec<u8> {
         assert_eq!(self.transfers_left(), 0);
         self.bytes.extend_from_slice(&self.tail);
         self.checksum_copied();
         let checksum = self.checksum;
         self.bytes.extend_from_slice(&checksum.to_le_bytes());
-        assert_eq!(self.bytes.len(), self.size);
+        assert_eq!(self.taken + self.bytes.len(), self.size);
         self.bytes
     }
 }
@@ -253,6 +274,7 @@ impl Ledger {
             tail,
             size,
             transfers_count: self.transfers.len(),
+            taken: 0,
             transfers_written: 0,
             hash_chain: self.hash_chain,
             checksum: 0,
@@ -755,5 +777,31 @@ mod tests {
         let bytes = writer.finish();
         assert_eq!(bytes, expected);
         assert!(Ledger::restore(&bytes).is_ok());
+    }
+
+    #[test]
+    fn a_snapshot_taken_out_in_pieces_is_the_whole_snapshot() {
+        let ledger = ledger_with_transfers(8, 64);
+        let expected = ledger.snapshot();
+        let mut writer = ledger.snapshot_begin();
+        assert_eq!(writer.size(), expected.len());
+        let mut pieces: Vec<Vec<u8>> = Vec::new();
+        // The header and accounts, then the transfers three at a time, each piece taken into a
+        // buffer handed back (the first one not empty: it is cleared), checksummed or not.
+        let mut spare = vec![0xAA; 5];
+        pieces.push(writer.take_bytes(std::mem::take(&mut spare)));
+        let mut step = 0;
+        while !ledger.snapshot_continue(&mut writer, 3) {
+            if step % 2 == 0 {
+                writer.checksum_copied();
+            }
+            step += 1;
+            pieces.push(writer.take_bytes(Vec::with_capacity(64)));
+        }
+        // An empty take changes nothing.
+        pieces.push(writer.take_bytes(Vec::new()));
+        pieces.push(writer.finish());
+        assert_eq!(pieces.concat(), expected);
+        assert!(pieces.iter().filter(|piece| !piece.is_empty()).count() >= 4);
     }
 }

@@ -59,6 +59,9 @@ pub enum Error {
     /// Misuse: a record (vote/metadata or snapshot meta) is too large.
     #[error("record of {size} bytes exceeds the maximum of {max} bytes")]
     RecordTooLarge { size: usize, max: usize },
+    /// Misuse: a streamed snapshot's data did not add up to the length it was announced with.
+    #[error("snapshot data of {expected} bytes announced, {streamed} streamed; nothing saved")]
+    SnapshotLength { expected: u64, streamed: u64 },
     /// Misuse: a write on a store opened read-only (an audit must not change the node's data).
     #[error("the store was opened read-only; refusing to write")]
     ReadOnly,

@@ -102,6 +102,31 @@ impl SnapshotStore {
         data: &[u8],
         pause: std::time::Duration,
     ) -> Result<()> {
+        self.save_streamed(
+            last_log_id,
+            meta,
+            data.len() as u64,
+            std::iter::once(data),
+            |_| {},
+            pause,
+        )
+    }
+
+    /// `save_paced` with the state bytes in pieces, written as they come: `data` yields them
+    /// in order (`data_len` bytes in all) and each is handed to `written` once it is in the
+    /// file, for the caller to reuse. A snapshot larger than memory allows, or one still being
+    /// encoded, is thus saved without ever being whole in memory. If `data` ends short of or
+    /// past `data_len`, nothing is saved ([`Error::SnapshotLength`]) and the latest snapshot
+    /// stays as it was.
+    pub fn save_streamed<B: AsRef<[u8]>>(
+        &mut self,
+        last_log_id: Option<EntryId>,
+        meta: &[u8],
+        data_len: u64,
+        data: impl IntoIterator<Item = B>,
+        mut written: impl FnMut(B),
+        pause: std::time::Duration,
+    ) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
@@ -120,8 +145,7 @@ impl SnapshotStore {
             header[field::INDEX..field::INDEX + 8].copy_from_slice(&id.index.to_le_bytes());
         }
         header[field::META_LEN..field::META_LEN + 4].copy_from_slice(&meta_len.to_le_bytes());
-        header[field::DATA_LEN..field::DATA_LEN + 8]
-            .copy_from_slice(&(data.len() as u64).to_le_bytes());
+        header[field::DATA_LEN..field::DATA_LEN + 8].copy_from_slice(&data_len.to_le_bytes());
 
         let temp = self.dir.join(SNAPSHOT_TEMP_FILE_NAME);
         let file = self
@@ -133,10 +157,7 @@ impl SnapshotStore {
         let mut crc = crc32c::crc32c(&header[..field::CRC]);
         let mut offset = SNAPSHOT_HEADER_SIZE as u64;
         let mut unsynced = 0usize;
-        let chunks = [meta]
-            .into_iter()
-            .chain(data.chunks(SNAPSHOT_WRITE_CHUNK_SIZE));
-        for chunk in chunks {
+        let mut write = |chunk: &[u8]| -> Result<()> {
             crc = crc32c::crc32c_append(crc, chunk);
             file.write_at(chunk, offset)
                 .map_err(|error| Error::io("write", &temp, error))?;
@@ -160,6 +181,34 @@ impl SnapshotStore {
                     std::thread::sleep(pause);
                 }
             }
+            Ok(())
+        };
+        write(meta)?;
+        let mut outcome = Ok(());
+        for piece in data {
+            for chunk in piece.as_ref().chunks(SNAPSHOT_WRITE_CHUNK_SIZE) {
+                outcome = write(chunk);
+                if outcome.is_err() {
+                    break;
+                }
+            }
+            written(piece);
+            if outcome.is_err() {
+                break;
+            }
+        }
+        drop(write);
+        let streamed = offset - SNAPSHOT_HEADER_SIZE as u64 - meta.len() as u64;
+        if outcome.is_ok() && streamed != data_len {
+            outcome = Err(Error::SnapshotLength {
+                expected: data_len,
+                streamed,
+            });
+        }
+        if let Err(error) = outcome {
+            // Best effort: `open` removes a stale temporary file anyway.
+            let _ = self.storage.remove(&temp);
+            return Err(error);
         }
         header[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_le_bytes());
         file.write_at(&header, 0)

@@ -546,3 +546,61 @@ fn reads_proceed_while_a_group_commit_syncs() {
         Some(ENTRY_COUNT - 1)
     );
 }
+
+#[test]
+fn a_snapshot_streamed_in_pieces_is_saved_whole_and_one_cut_short_is_not_saved() {
+    let disk = FaultyStorage::new(11);
+    let mut store = SnapshotStore::open(disk.shared(), dir()).unwrap();
+    let data: Vec<u8> = (0..100_000u32).map(|value| value as u8).collect();
+    let pieces: Vec<Vec<u8>> = data.chunks(7_000).map(<[u8]>::to_vec).collect();
+    let mut written = 0;
+    store
+        .save_streamed(
+            Some(id(3, 40)),
+            b"meta",
+            data.len() as u64,
+            pieces.clone(),
+            |_piece| written += 1,
+            std::time::Duration::ZERO,
+        )
+        .unwrap();
+    assert_eq!(written, pieces.len());
+    let saved = store.load_latest().unwrap().unwrap();
+    assert_eq!(saved.data, data);
+    assert_eq!(saved.meta, b"meta");
+    assert_eq!(saved.last_log_id, Some(id(3, 40)));
+    // The same bytes as saved in one piece.
+    let whole = FaultyStorage::new(12);
+    SnapshotStore::open(whole.shared(), dir())
+        .unwrap()
+        .save(Some(id(3, 40)), b"meta", &data)
+        .unwrap();
+    assert_eq!(
+        whole.durable_contents(&dir().join(SNAPSHOT_FILE_NAME)),
+        disk.durable_contents(&dir().join(SNAPSHOT_FILE_NAME))
+    );
+
+    // Short of the announced length, or past it: an error, and the latest snapshot stays.
+    for (announced, pieces) in [
+        (data.len() as u64 + 1, pieces.clone()),
+        (data.len() as u64 - 1, pieces.clone()),
+        (data.len() as u64, pieces[..pieces.len() - 1].to_vec()),
+    ] {
+        let outcome = store.save_streamed(
+            Some(id(4, 90)),
+            b"newer",
+            announced,
+            pieces,
+            |_| {},
+            std::time::Duration::ZERO,
+        );
+        assert!(
+            matches!(outcome, Err(Error::SnapshotLength { .. })),
+            "{outcome:?}"
+        );
+        assert!(!outcome.unwrap_err().is_fatal());
+        let latest = store.load_latest().unwrap().unwrap();
+        assert_eq!(latest.last_log_id, Some(id(3, 40)));
+        assert_eq!(latest.data, data);
+    }
+}

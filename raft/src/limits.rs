@@ -72,9 +72,11 @@ pub const SNAPSHOT_STEP_PAUSE: std::time::Duration = std::time::Duration::from_m
 /// write and leaves the CPU and the disk to the batches in between.
 pub const SNAPSHOT_SAVE_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 
-/// A snapshot's buffer has room for its size when asked plus 1/16 and 8 MiB more, for the
-/// batches applied before it begins.
-pub const SNAPSHOT_BUFFER_SLACK_DIVISOR: usize = 16;
-pub const SNAPSHOT_BUFFER_SLACK_BYTES: usize = 8 << 20;
+/// A snapshot is streamed to the thread saving it a step at a time, in buffers of this size
+/// (one step's transfers) that come back to be reused once written...
+pub const SNAPSHOT_PIECE_BYTES: usize =
+    SNAPSHOT_TRANSFERS_PER_STEP * tally_engine::limits::EVENT_SIZE;
+/// ...with at most this many waiting to be written (the encoding waits for the disk).
+pub const SNAPSHOT_PIECES_IN_FLIGHT: usize = 2;
 
 const _: () = assert!(SNAPSHOT_TRANSFERS_PER_STEP > 0);

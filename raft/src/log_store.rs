@@ -509,3 +509,70 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, bytes: usize) -> Entry {
+        Entry {
+            log_id: log_id(1, 1, index),
+            payload: EntryPayload::Normal(Batch {
+                operation: 1,
+                timestamp: index,
+                events: bytes::Bytes::from(vec![index as u8; bytes]),
+            }),
+        }
+    }
+
+    fn indexes(entries: &[Entry]) -> Vec<u64> {
+        entries.iter().map(|entry| entry.log_id.index).collect()
+    }
+
+    #[test]
+    fn the_recent_entries_window_follows_appends_truncations_and_purges() {
+        let mut recent = RecentEntries::default();
+        assert_eq!(recent.get(1, 1), None);
+        let batch = RECENT_ENTRIES_BYTES / 4;
+        recent.append(&(1..=3).map(|index| entry(index, batch)).collect::<Vec<_>>());
+        assert_eq!(indexes(&recent.get(1, 3).expect("all there")), [1, 2, 3]);
+        assert_eq!(indexes(&recent.get(2, 2).expect("inside")), [2]);
+        assert_eq!(recent.get(0, 2), None, "starts before the window");
+        assert_eq!(recent.get(2, 4), None, "ends after the window");
+        // Past the byte budget the oldest go; the payload is shared, not copied.
+        recent.append(&(4..=6).map(|index| entry(index, batch)).collect::<Vec<_>>());
+        assert_eq!(recent.first_index(), Some(3));
+        assert_eq!(recent.bytes, 4 * batch);
+        let got = recent.get(6, 6).expect("newest");
+        match (
+            &got[0].payload,
+            &recent.entries.back().expect("newest").payload,
+        ) {
+            (EntryPayload::Normal(got), EntryPayload::Normal(kept)) => {
+                assert_eq!(got.events.as_ptr(), kept.events.as_ptr());
+            }
+            _ => unreachable!("normal entries"),
+        }
+        // A truncation cuts the end; the next append continues from it.
+        recent.truncate_after(Some(4));
+        assert_eq!(recent.last_index(), Some(4));
+        assert_eq!(recent.bytes, 2 * batch);
+        recent.append(&[entry(5, 10)]);
+        assert_eq!(indexes(&recent.get(3, 5).expect("contiguous")), [3, 4, 5]);
+        // A gap (never expected) empties the window rather than serve a wrong entry.
+        recent.append(&[entry(9, 10)]);
+        assert_eq!(recent.first_index(), Some(9));
+        assert_eq!(recent.get(5, 5), None);
+        // A purge cuts the front, past the end empties it.
+        recent.append(&[entry(10, 10), entry(11, 10)]);
+        recent.purge_through(9);
+        assert_eq!(indexes(&recent.get(10, 11).expect("kept")), [10, 11]);
+        recent.purge_through(20);
+        assert_eq!(recent.first_index(), None);
+        assert_eq!(recent.bytes, 0);
+        recent.append(&[entry(21, 10)]);
+        recent.truncate_after(None);
+        assert_eq!(recent.last_index(), None);
+        assert_eq!(recent.bytes, 0);
+    }
+}

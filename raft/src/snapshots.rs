@@ -43,17 +43,39 @@ impl SnapshotFiles {
 
     pub fn save(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
         let meta_bytes = postcard::to_allocvec(meta).map_err(io::Error::other)?;
-        let last_log_id = meta.last_log_id.map(|log_id| {
-            EntryId::new(
-                log_id.leader_id.term,
-                log_id.leader_id.node_id,
-                log_id.index,
-            )
-        });
         self.store
             .lock()
             .expect("snapshot store lock")
-            .save_paced(last_log_id, &meta_bytes, data, self.save_pause)
+            .save_paced(journal_log_id(meta), &meta_bytes, data, self.save_pause)
+            .map_err(io::Error::other)
+    }
+
+    /// `save` with the engine's bytes in pieces, written as they arrive on `pieces` (`data_len`
+    /// in all); each written piece goes back on `spares` for reuse. Blocks until the sender
+    /// hangs up: call it from a thread that may block. A stream that ends short (the snapshot
+    /// was abandoned) saves nothing.
+    pub fn save_streamed(
+        &self,
+        meta: &SnapshotMeta,
+        data_len: u64,
+        pieces: std::sync::mpsc::Receiver<Vec<u8>>,
+        spares: std::sync::mpsc::Sender<Vec<u8>>,
+    ) -> io::Result<()> {
+        let meta_bytes = postcard::to_allocvec(meta).map_err(io::Error::other)?;
+        self.store
+            .lock()
+            .expect("snapshot store lock")
+            .save_streamed(
+                journal_log_id(meta),
+                &meta_bytes,
+                data_len,
+                pieces,
+                |piece| {
+                    // The builder may be gone (it stopped early); the piece is then freed.
+                    let _ = spares.send(piece);
+                },
+                self.save_pause,
+            )
             .map_err(io::Error::other)
     }
 
@@ -74,4 +96,14 @@ impl SnapshotFiles {
             .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
         Ok(Some((meta, data)))
     }
+}
+
+fn journal_log_id(meta: &SnapshotMeta) -> Option<EntryId> {
+    meta.last_log_id.map(|log_id| {
+        EntryId::new(
+            log_id.leader_id.term,
+            log_id.leader_id.node_id,
+            log_id.index,
+        )
+    })
 }

@@ -13,15 +13,13 @@ use openraft::OptionalSend;
 use openraft::RaftSnapshotBuilder;
 use tally_engine::Ledger;
 use tally_engine::SnapshotWriter;
-use tally_journal::limits::SNAPSHOT_SYNC_BYTES;
 
 use crate::apply::ApplyRing;
 use crate::apply::Core;
 use crate::apply::Job;
 use crate::limits::APPLY_ENTRIES_PER_PUBLISH;
-use crate::limits::SNAPSHOT_BUFFER_SLACK_BYTES;
-use crate::limits::SNAPSHOT_BUFFER_SLACK_DIVISOR;
-use crate::limits::SNAPSHOT_SAVE_PAUSE;
+use crate::limits::SNAPSHOT_PIECES_IN_FLIGHT;
+use crate::limits::SNAPSHOT_PIECE_BYTES;
 use crate::limits::SNAPSHOT_STEP_PAUSE;
 use crate::limits::SNAPSHOT_TRANSFERS_PER_STEP;
 use crate::snapshots::SnapshotFiles;
@@ -126,48 +124,48 @@ impl StateMachine {
     }
 }
 
-/// A snapshot's writer with everything copied, and what it is of.
-type Encoded = (SnapshotWriter, Option<LogId>, StoredMembership, f64);
+/// A snapshot being encoded and the saver it streams to: the bytes go to the saver a step at a
+/// time, and the buffers it has written come back for the next steps, so the snapshot is never
+/// whole in memory and the memory it passes through is touched once (on a virtual machine, the
+/// first touch of a page is the costly part of writing it).
+struct SnapshotStream {
+    writer: SnapshotWriter,
+    pieces: std::sync::mpsc::SyncSender<Vec<u8>>,
+    spares: std::sync::mpsc::Receiver<Vec<u8>>,
+}
+
+impl SnapshotStream {
+    /// Hands the bytes copied so far to the saver (checksummed on this thread). False if the
+    /// saver has stopped: its error is the build's.
+    fn send_copied(&mut self) -> bool {
+        let spare = self
+            .spares
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(SNAPSHOT_PIECE_BYTES));
+        let piece = self.writer.take_bytes(spare);
+        self.pieces.send(piece).is_ok()
+    }
+}
+
+/// The thread saving a snapshot: running alongside the encoding, or (everything inline, in the
+/// simulator) to run once the encoding is done.
+enum Saver {
+    Running(tokio::task::JoinHandle<io::Result<()>>),
+    Later(Box<dyn FnOnce() -> io::Result<()> + Send>),
+}
 
 impl StateMachine {
-    /// Begins a snapshot on the business-logic thread and copies the transfers
-    /// a step at a time; `None` if the ledger was replaced (a snapshot was
-    /// installed) in between. Also returns the longest step, in seconds.
-    async fn encode_in_steps(&self) -> io::Result<Option<Encoded>> {
-        // The snapshot's buffer is allocated and touched on another thread: first-touch page
-        // faults of hundreds of MiB would otherwise pause the business-logic thread. Room for
-        // what is applied meanwhile; a buffer still too small only means some faults later.
-        let size = self
-            .ring
-            .run(|core: &mut Core| core.ledger.snapshot_size())
-            .await
-            .map_err(ring_error)?;
-        let pause = match self.threads {
-            Threads::Dedicated => SNAPSHOT_SAVE_PAUSE,
-            Threads::Inline => std::time::Duration::ZERO,
-        };
-        let buffer = crate::blocking(self.threads, move || {
-            let room = size + size / SNAPSHOT_BUFFER_SLACK_DIVISOR + SNAPSHOT_BUFFER_SLACK_BYTES;
-            let mut buffer: Vec<u8> = Vec::with_capacity(room);
-            // Touched a piece at a time, with the same pauses as saving: a few hundred MiB
-            // at once would take a core from a serving node for a quarter of a second.
-            while buffer.len() < room {
-                let piece = (room - buffer.len()).min(SNAPSHOT_SYNC_BYTES);
-                buffer.resize(buffer.len() + piece, 0);
-                if !pause.is_zero() {
-                    std::thread::sleep(pause);
-                }
-            }
-            buffer.clear();
-            Ok(buffer)
-        })
-        .await?;
-        let (mut writer, last_applied, membership, generation, mut pause_seconds_max) = self
+    /// Begins a snapshot on the business-logic thread, copies the transfers a step at a time
+    /// and streams the bytes to the snapshot files as they are copied. `None` if the ledger
+    /// was replaced (a snapshot was installed) in between: nothing is saved. Also returns the
+    /// snapshot's size and the longest step, in seconds.
+    async fn build_streamed(&self) -> io::Result<Option<(SnapshotMeta, usize, f64)>> {
+        let (writer, last_applied, membership, generation, mut pause_seconds_max) = self
             .ring
             .run(|core: &mut Core| {
                 let started = std::time::Instant::now();
                 core.events_since_snapshot = 0;
-                let writer = core.ledger.snapshot_begin_in(buffer);
+                let writer = core.ledger.snapshot_begin();
                 (
                     writer,
                     core.last_applied,
@@ -178,39 +176,95 @@ impl StateMachine {
             })
             .await
             .map_err(ring_error)?;
-        while writer.transfers_left() > 0 {
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+        };
+        let size = writer.size();
+        // Inline, the saver runs after the encoding: every piece must fit in the channel.
+        let in_flight = match self.threads {
+            Threads::Dedicated => SNAPSHOT_PIECES_IN_FLIGHT,
+            Threads::Inline => {
+                2 + writer
+                    .transfers_left()
+                    .div_ceil(SNAPSHOT_TRANSFERS_PER_STEP)
+            }
+        };
+        let (pieces, received) = std::sync::mpsc::sync_channel::<Vec<u8>>(in_flight);
+        let (written, spares) = std::sync::mpsc::channel::<Vec<u8>>();
+        let snapshots = Arc::clone(&self.snapshots);
+        let saved_meta = meta.clone();
+        let save = move || snapshots.save_streamed(&saved_meta, size as u64, received, written);
+        let saver = match self.threads {
+            Threads::Dedicated => Saver::Running(tokio::task::spawn_blocking(save)),
+            Threads::Inline => Saver::Later(Box::new(save)),
+        };
+        let mut stream = SnapshotStream {
+            writer,
+            pieces,
+            spares,
+        };
+        let mut streaming = true;
+        loop {
+            // The header and accounts first, then each step's transfers; handed over (and
+            // checksummed) off the business-logic thread.
+            let sent;
+            (stream, sent) = crate::blocking(self.threads, move || {
+                let sent = stream.send_copied();
+                Ok((stream, sent))
+            })
+            .await?;
+            if !sent {
+                streaming = false;
+                break;
+            }
+            if stream.writer.transfers_left() == 0 {
+                break;
+            }
+            // Batches get the business-logic thread between steps, and not only the ones
+            // already waiting: copying back to back would take most of its time for as
+            // long as the snapshot lasts. (A fixed pause: the simulator's clock is virtual.)
+            tokio::time::sleep(SNAPSHOT_STEP_PAUSE).await;
             let step = self
                 .ring
                 .run(move |core: &mut Core| {
                     let started = std::time::Instant::now();
                     if core.ledger_generation != generation {
-                        return (writer, None);
+                        return (stream, None);
                     }
                     core.ledger
-                        .snapshot_continue(&mut writer, SNAPSHOT_TRANSFERS_PER_STEP);
-                    (writer, Some(started.elapsed().as_secs_f64()))
+                        .snapshot_continue(&mut stream.writer, SNAPSHOT_TRANSFERS_PER_STEP);
+                    (stream, Some(started.elapsed().as_secs_f64()))
                 })
                 .await
                 .map_err(ring_error)?;
+            stream = step.0;
             let Some(seconds) = step.1 else {
+                // Abandoned: the saver sees the stream end short and saves nothing.
+                drop(stream);
+                if let Saver::Running(saver) = saver {
+                    let _ = saver.await;
+                }
                 return Ok(None);
             };
             pause_seconds_max = pause_seconds_max.max(seconds);
-            // The step's bytes are checksummed off the business-logic thread now, not in
-            // one pass over the whole snapshot at the end (a burst of a core for 0.1 s per
-            // GiB).
-            writer = crate::blocking(self.threads, move || {
-                let mut writer = step.0;
-                writer.checksum_copied();
-                Ok(writer)
+        }
+        if streaming {
+            crate::blocking(self.threads, move || {
+                let SnapshotStream { writer, pieces, .. } = stream;
+                // A saver that stopped has its own error to report.
+                let _ = pieces.send(writer.finish());
+                Ok(())
             })
             .await?;
-            // Batches get the business-logic thread between steps, and not only the ones
-            // already waiting: copying back to back would take most of its time for as
-            // long as the snapshot lasts. (A fixed pause: the simulator's clock is virtual.)
-            tokio::time::sleep(SNAPSHOT_STEP_PAUSE).await;
+        } else {
+            drop(stream);
         }
-        Ok(Some((writer, last_applied, membership, pause_seconds_max)))
+        match saver {
+            Saver::Running(saver) => saver.await.map_err(io::Error::other)??,
+            Saver::Later(save) => save()?,
+        }
+        Ok(Some((meta, size, pause_seconds_max)))
     }
 }
 
@@ -224,32 +278,15 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         // Encoded in steps on the business-logic thread, batches applied in between
         // (design.md §4, "Snapshots"): the first step copies what batches may change,
-        // the next ones the append-only transfers; the checksum is computed elsewhere.
-        let (writer, last_applied, membership, pause_seconds_max) = loop {
-            if let Some(encoded) = self.encode_in_steps().await? {
-                break encoded;
+        // the next ones the append-only transfers; each step's bytes are checksummed and
+        // written elsewhere while the next is copied.
+        let (meta, bytes, pause_seconds_max) = loop {
+            if let Some(built) = self.build_streamed().await? {
+                break built;
             }
             tracing::info!("snapshot restarted: the ledger was replaced while encoding");
         };
         metrics::histogram!("tally_snapshot_step_seconds_max").record(pause_seconds_max);
-        let meta = SnapshotMeta {
-            last_log_id: last_applied,
-            last_membership: membership,
-        };
-        let snapshots = Arc::clone(&self.snapshots);
-        let (meta, bytes) = crate::blocking(
-            self.threads,
-            move || -> io::Result<(SnapshotMeta, usize)> {
-                let data = writer.finish();
-                snapshots.save(&meta, &data)?;
-                // Freed here: unmapping hundreds of MiB takes tens of milliseconds, which
-                // on a runtime worker would stall the requests it serves.
-                let bytes = data.len();
-                drop(data);
-                Ok((meta, bytes))
-            },
-        )
-        .await?;
         metrics::counter!("tally_snapshots_built_total").increment(1);
         tracing::info!(
             last_log_id = ?meta.last_log_id,
