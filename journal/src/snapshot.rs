@@ -197,7 +197,6 @@ impl SnapshotStore {
                 break;
             }
         }
-        drop(write);
         let streamed = offset - SNAPSHOT_HEADER_SIZE as u64 - meta.len() as u64;
         if outcome.is_ok() && streamed != data_len {
             outcome = Err(Error::SnapshotLength {
