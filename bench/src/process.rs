@@ -65,8 +65,8 @@ pub(crate) fn capacity_env(transfers_max: u64) -> Vec<(&'static str, String)> {
 }
 
 pub(crate) const BENCH_ACCOUNTS_MAX: u64 = 1 << 20;
-/// A single node: 10 s phases at up to ~1.5M transfers/s fit, with room (about 4 GiB reserved).
-pub(crate) const SERVER_TRANSFERS_MAX: u64 = 24 << 20;
+/// A single node: 10 s phases at up to ~3M transfers/s fit (about 5 GiB reserved).
+pub(crate) const SERVER_TRANSFERS_MAX: u64 = 32 << 20;
 
 impl ServerProcess {
     /// A node with its ledger capacity reserved (see [`capacity_env`]).
