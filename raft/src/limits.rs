@@ -59,9 +59,10 @@ const _: () = assert!(
         < RPC_FRAME_BYTES_MAX
 );
 
-/// Transfers copied into a snapshot per step on the business-logic thread: 2^16 × 128 bytes =
-/// 8 MiB, a few milliseconds; batches are applied between steps.
-pub const SNAPSHOT_TRANSFERS_PER_STEP: usize = 1 << 16;
+/// Transfers copied into a snapshot per step on the business-logic thread: 2^14 × 128 bytes =
+/// 2 MiB, about a millisecond (a batch waiting behind a step waits that long); batches are
+/// applied between steps.
+pub const SNAPSHOT_TRANSFERS_PER_STEP: usize = 1 << 14;
 
 /// The business-logic thread's rest between two snapshot steps, for batches: with steps of
 /// about 2 ms (8 MiB into memory already touched), a snapshot takes at most half its time.
@@ -73,7 +74,8 @@ pub const SNAPSHOT_STEP_PAUSE: std::time::Duration = std::time::Duration::from_m
 pub const SNAPSHOT_SAVE_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// A snapshot is streamed to the thread saving it a step at a time, in buffers of this size
-/// (one step's transfers) that come back to be reused once written...
+/// (one step's transfers), touched before the business-logic thread copies into them, that
+/// come back to be reused once written...
 pub const SNAPSHOT_PIECE_BYTES: usize =
     SNAPSHOT_TRANSFERS_PER_STEP * tally_engine::limits::EVENT_SIZE;
 /// ...with at most this many waiting to be written (the encoding waits for the disk).

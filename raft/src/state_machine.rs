@@ -138,10 +138,14 @@ impl SnapshotStream {
     /// Hands the bytes copied so far to the saver (checksummed on this thread). False if the
     /// saver has stopped: its error is the build's.
     fn send_copied(&mut self) -> bool {
-        let spare = self
-            .spares
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(SNAPSHOT_PIECE_BYTES));
+        let spare = self.spares.try_recv().unwrap_or_else(|_| {
+            // Touched here, off the business-logic thread: the next step copies into it, and
+            // first-touch page faults there would lengthen the step.
+            let mut spare = Vec::with_capacity(SNAPSHOT_PIECE_BYTES);
+            spare.resize(SNAPSHOT_PIECE_BYTES, 0);
+            spare.clear();
+            spare
+        });
         let piece = self.writer.take_bytes(spare);
         self.pieces.send(piece).is_ok()
     }
