@@ -141,8 +141,13 @@ impl SnapshotStream {
         let spare = self.spares.try_recv().unwrap_or_else(|_| {
             // Touched here, off the business-logic thread: the next step copies into it, and
             // first-touch page faults there would lengthen the step.
-            let mut spare = Vec::with_capacity(SNAPSHOT_PIECE_BYTES);
-            spare.resize(SNAPSHOT_PIECE_BYTES, 0);
+            // Not `vec![0; n]`: that is calloc, whose pages stay untouched until written.
+            #[allow(clippy::slow_vector_initialization)]
+            let mut spare = {
+                let mut spare = Vec::with_capacity(SNAPSHOT_PIECE_BYTES);
+                spare.resize(SNAPSHOT_PIECE_BYTES, 0);
+                spare
+            };
             spare.clear();
             spare
         });
