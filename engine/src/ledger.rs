@@ -2231,34 +2231,41 @@ mod tests {
         );
     }
 
+    /// Drives `ledger` (of capacity 64 accounts, 4096 transfers) and one of the same capacity
+    /// grown on demand through the same random batches: every answer and the final state must
+    /// be the same.
+    fn assert_behaves_as_grown_on_demand(ledger: &mut Ledger, seed: u64, batches: u64) {
+        let mut stream = Stream(seed);
+        let mut growing = Ledger::with_capacity_on_demand(64, 4096);
+        let accounts = accounts(&mut stream);
+        assert_eq!(
+            ledger.create_accounts(1, &accounts),
+            growing.create_accounts(1, &accounts)
+        );
+        let mut pending_ids = Vec::new();
+        for batch in 0..batches {
+            let events: Vec<Transfer> = (0..300)
+                .map(|_| transfer(&mut stream, &mut pending_ids))
+                .collect();
+            let timestamp = (batch + 1) * NANOSECONDS_PER_SECOND;
+            assert_eq!(
+                ledger.create_transfers(timestamp, &events),
+                growing.create_transfers(timestamp, &events)
+            );
+        }
+        ledger.check_invariants();
+        assert_eq!(ledger.snapshot(), growing.snapshot());
+    }
+
     #[test]
     fn a_ledger_reserved_up_front_behaves_as_one_that_grows() {
-        let mut stream = Stream(7);
         let mut reserved = Ledger::with_capacity_on_demand(64, 4096);
         // More than the capacity left: clamped, not an error.
         reserved.reserve(1_000, 100_000);
         assert!(reserved.transfers.capacity() >= 4096);
         assert!(reserved.transfers.capacity() < 100_000);
         assert!(reserved.accounts.capacity() >= 64);
-        let mut growing = Ledger::with_capacity_on_demand(64, 4096);
-        let accounts = accounts(&mut stream);
-        assert_eq!(
-            reserved.create_accounts(1, &accounts),
-            growing.create_accounts(1, &accounts)
-        );
-        let mut pending_ids = Vec::new();
-        for batch in 0..8 {
-            let events: Vec<Transfer> = (0..300)
-                .map(|_| transfer(&mut stream, &mut pending_ids))
-                .collect();
-            let timestamp = (batch + 1) * NANOSECONDS_PER_SECOND;
-            assert_eq!(
-                reserved.create_transfers(timestamp, &events),
-                growing.create_transfers(timestamp, &events)
-            );
-        }
-        reserved.check_invariants();
-        assert_eq!(reserved.snapshot(), growing.snapshot());
+        assert_behaves_as_grown_on_demand(&mut reserved, 7, 8);
     }
 
     /// Found by the property tests: a chain that creates a pending transfer, posts it and
@@ -2267,14 +2274,7 @@ mod tests {
     #[test]
     fn a_chain_that_posts_its_own_pending_transfer_then_fails_rolls_back() {
         let mut ledger = Ledger::with_capacity(8, 64);
-        let accounts: Vec<Account> = (1..=2u128)
-            .map(|id| Account {
-                id,
-                ledger: 1,
-                code: 1,
-                ..Account::default()
-            })
-            .collect();
+        let accounts = Account::plain_for_tests(2);
         assert!(ledger
             .create_accounts(1, &accounts)
             .iter()
@@ -2325,7 +2325,6 @@ mod tests {
 
     #[test]
     fn storage_prepared_elsewhere_is_adopted_and_behaves_as_reserved() {
-        let mut stream = Stream(9);
         let mut adopted = Ledger::with_capacity_on_demand(64, 4096);
         let storage = std::thread::spawn(|| TransferStorage::prepare(4096))
             .join()
@@ -2337,25 +2336,7 @@ mod tests {
         // The room is there: reserving again neither reallocates nor touches.
         adopted.reserve(0, 4096);
         assert_eq!(adopted.transfers.capacity(), capacity);
-        let mut growing = Ledger::with_capacity_on_demand(64, 4096);
-        let accounts = accounts(&mut stream);
-        assert_eq!(
-            adopted.create_accounts(1, &accounts),
-            growing.create_accounts(1, &accounts)
-        );
-        let mut pending_ids = Vec::new();
-        for batch in 0..6 {
-            let events: Vec<Transfer> = (0..300)
-                .map(|_| transfer(&mut stream, &mut pending_ids))
-                .collect();
-            let timestamp = (batch + 1) * NANOSECONDS_PER_SECOND;
-            assert_eq!(
-                adopted.create_transfers(timestamp, &events),
-                growing.create_transfers(timestamp, &events)
-            );
-        }
-        adopted.check_invariants();
-        assert_eq!(adopted.snapshot(), growing.snapshot());
+        assert_behaves_as_grown_on_demand(&mut adopted, 9, 6);
         assert_eq!(adopted.transfers.capacity(), capacity);
     }
 }

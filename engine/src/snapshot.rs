@@ -186,6 +186,8 @@ impl Ledger {
     /// The whole state, versioned and checksummed. Deterministic: equal ledgers give equal bytes.
     pub fn snapshot(&self) -> Vec<u8> {
         let mut writer = self.snapshot_begin();
+        // Whole in one buffer: room for all of it at once.
+        writer.bytes.reserve_exact(writer.size - writer.bytes.len());
         let done = self.snapshot_continue(&mut writer, usize::MAX);
         assert!(done);
         writer.finish()
@@ -198,26 +200,6 @@ impl Ledger {
     /// transfer record never changes once its batch is applied and transfers are only appended
     /// (a linked chain's rollback pops only transfers of its own batch).
     pub fn snapshot_begin(&self) -> SnapshotWriter {
-        self.snapshot_begin_in(Vec::new())
-    }
-
-    /// The size in bytes of a snapshot of the ledger as it is now. O(1).
-    pub fn snapshot_size(&self) -> usize {
-        let tail_size = self.pending_statuses.len() * PENDING_RECORD_SIZE
-            + self.failed_ids.len() * 16
-            + self.history.len() * HISTORY_RECORD_SIZE;
-        SNAPSHOT_HEADER_SIZE
-            + META_SIZE
-            + self.accounts.len() * 128
-            + self.transfers.len() * 128
-            + tail_size
-            + TRAILER_SIZE
-    }
-
-    /// `snapshot_begin`, writing into `buffer` (cleared first). A caller that allocates the
-    /// buffer elsewhere, with room for `snapshot_size()` and its memory touched, spares this
-    /// thread the first-touch page faults of the whole snapshot.
-    pub fn snapshot_begin_in(&self, mut buffer: Vec<u8>) -> SnapshotWriter {
         let mut pending: Vec<(u32, PendingStatus)> = self.pending_statuses.iter().collect();
         pending.sort_unstable_by_key(|(index, _)| *index);
         let mut failed_ids: Vec<u128> = self.failed_ids.iter().copied().collect();
@@ -227,9 +209,10 @@ impl Ledger {
             + failed_ids.len() * 16
             + self.history.len() * HISTORY_RECORD_SIZE;
         let size = self.snapshot_size();
-        buffer.clear();
-        buffer.reserve_exact(size);
-        let mut bytes = buffer;
+        // Room for what is copied now; the transfers follow in steps, into this buffer or, if
+        // the caller takes the bytes out as they come (`take_bytes`), into buffers of its own.
+        let mut bytes =
+            Vec::with_capacity(SNAPSHOT_HEADER_SIZE + META_SIZE + self.accounts.len() * 128);
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
         bytes.extend_from_slice(&0u32.to_le_bytes());
@@ -280,6 +263,19 @@ impl Ledger {
             checksum: 0,
             checksummed: 0,
         }
+    }
+
+    /// The size in bytes of a snapshot of the ledger as it is now. O(1).
+    fn snapshot_size(&self) -> usize {
+        let tail_size = self.pending_statuses.len() * PENDING_RECORD_SIZE
+            + self.failed_ids.len() * 16
+            + self.history.len() * HISTORY_RECORD_SIZE;
+        SNAPSHOT_HEADER_SIZE
+            + META_SIZE
+            + self.accounts.len() * 128
+            + self.transfers.len() * 128
+            + tail_size
+            + TRAILER_SIZE
     }
 
     /// Copies up to `transfers_max` more of the transfers `writer` was begun with; true once all
@@ -677,15 +673,7 @@ mod tests {
 
     fn ledger_with_transfers(accounts_max: usize, transfers_max: usize) -> Ledger {
         let mut ledger = Ledger::with_capacity(accounts_max, transfers_max);
-        let accounts: Vec<Account> = (1..=3u128)
-            .map(|id| Account {
-                id,
-                ledger: 1,
-                code: 1,
-                ..Account::default()
-            })
-            .collect();
-        ledger.create_accounts(1, &accounts);
+        ledger.create_accounts(1, &Account::plain_for_tests(3));
         let transfers: Vec<Transfer> = (100..110u128)
             .map(|id| Transfer {
                 id,

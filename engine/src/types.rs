@@ -59,6 +59,19 @@ pub struct Transfer {
 }
 
 impl Account {
+    /// Accounts `1..=count` of ledger 1, code 1, no flags: the set-up of many unit tests.
+    #[cfg(test)]
+    pub(crate) fn plain_for_tests(count: u128) -> Vec<Account> {
+        (1..=count)
+            .map(|id| Account {
+                id,
+                ledger: 1,
+                code: 1,
+                ..Account::default()
+            })
+            .collect()
+    }
+
     pub fn has_flag(&self, flag: u16) -> bool {
         self.flags & flag != 0
     }

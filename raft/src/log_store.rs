@@ -93,7 +93,7 @@ impl RecentEntries {
         }
     }
 
-    fn append(&mut self, entries: &[Entry]) {
+    fn append(&mut self, entries: Vec<Entry>) {
         let Some(first) = entries.first() else {
             return;
         };
@@ -104,8 +104,8 @@ impl RecentEntries {
             self.clear();
         }
         for entry in entries {
-            self.bytes += Self::payload_bytes(entry);
-            self.entries.push_back(entry.clone());
+            self.bytes += Self::payload_bytes(&entry);
+            self.entries.push_back(entry);
         }
         while self.bytes > RECENT_ENTRIES_BYTES && self.entries.len() > 1 {
             let evicted = self.entries.pop_front().expect("more than one entry");
@@ -461,7 +461,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut journal = self.shared.journal.lock().expect("journal lock");
             journal.append_all(&journal_entries).map_err(to_io)?;
             let mut recent = self.shared.recent.lock().expect("recent entries lock");
-            recent.append(&entries);
+            recent.append(entries);
             (journal.prepare_sync(), journal.take_cold_files())
         };
         self.forget_cached_in_background(cold);
@@ -534,13 +534,13 @@ mod tests {
         let mut recent = RecentEntries::default();
         assert_eq!(recent.get(1, 1), None);
         let batch = RECENT_ENTRIES_BYTES / 4;
-        recent.append(&(1..=3).map(|index| entry(index, batch)).collect::<Vec<_>>());
+        recent.append((1..=3).map(|index| entry(index, batch)).collect());
         assert_eq!(indexes(&recent.get(1, 3).expect("all there")), [1, 2, 3]);
         assert_eq!(indexes(&recent.get(2, 2).expect("inside")), [2]);
         assert_eq!(recent.get(0, 2), None, "starts before the window");
         assert_eq!(recent.get(2, 4), None, "ends after the window");
         // Past the byte budget the oldest go; the payload is shared, not copied.
-        recent.append(&(4..=6).map(|index| entry(index, batch)).collect::<Vec<_>>());
+        recent.append((4..=6).map(|index| entry(index, batch)).collect());
         assert_eq!(recent.first_index(), Some(3));
         assert_eq!(recent.bytes, 4 * batch);
         let got = recent.get(6, 6).expect("newest");
@@ -557,20 +557,20 @@ mod tests {
         recent.truncate_after(Some(4));
         assert_eq!(recent.last_index(), Some(4));
         assert_eq!(recent.bytes, 2 * batch);
-        recent.append(&[entry(5, 10)]);
+        recent.append(vec![entry(5, 10)]);
         assert_eq!(indexes(&recent.get(3, 5).expect("contiguous")), [3, 4, 5]);
         // A gap (never expected) empties the window rather than serve a wrong entry.
-        recent.append(&[entry(9, 10)]);
+        recent.append(vec![entry(9, 10)]);
         assert_eq!(recent.first_index(), Some(9));
         assert_eq!(recent.get(5, 5), None);
         // A purge cuts the front, past the end empties it.
-        recent.append(&[entry(10, 10), entry(11, 10)]);
+        recent.append(vec![entry(10, 10), entry(11, 10)]);
         recent.purge_through(9);
         assert_eq!(indexes(&recent.get(10, 11).expect("kept")), [10, 11]);
         recent.purge_through(20);
         assert_eq!(recent.first_index(), None);
         assert_eq!(recent.bytes, 0);
-        recent.append(&[entry(21, 10)]);
+        recent.append(vec![entry(21, 10)]);
         recent.truncate_after(None);
         assert_eq!(recent.last_index(), None);
         assert_eq!(recent.bytes, 0);
