@@ -316,11 +316,29 @@ impl IdIndex {
         self.slots[hole] = EMPTY;
     }
 
+    /// Moves the entries into `room` (an empty table, made elsewhere so that its memory is
+    /// touched there) and takes its place, if `room` has more slots; else drops `room`.
+    pub fn move_into(&mut self, room: IdIndex) {
+        assert!(room.is_empty());
+        if room.slots.len() <= self.slots.len() {
+            return;
+        }
+        let slots_count = room.slots.len();
+        let old = std::mem::replace(&mut self.slots, room.slots);
+        self.place(old, slots_count);
+    }
+
     fn resize(&mut self, slots_count: usize) {
+        let old = std::mem::replace(&mut self.slots, vec![EMPTY; slots_count]);
+        self.place(old, slots_count);
+    }
+
+    /// Puts the entries of `old` into `self.slots` (all empty, `slots_count` of them).
+    fn place(&mut self, old: Vec<u64>, slots_count: usize) {
         assert!(slots_count.is_power_of_two() && slots_count >= SLOTS_MIN);
         assert!(slots_count.trailing_zeros() <= FINGERPRINT_BITS);
         assert!(slots_count >= self.len * 2);
-        let old = std::mem::replace(&mut self.slots, vec![EMPTY; slots_count]);
+        assert_eq!(self.slots.len(), slots_count);
         self.mask = slots_count - 1;
         self.shift = FINGERPRINT_BITS - slots_count.trailing_zeros();
         let mask = self.mask();

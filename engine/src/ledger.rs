@@ -377,14 +377,16 @@ pub(crate) fn expires_at(transfer: &Transfer) -> Option<u64> {
     transfer.timestamp.checked_add(timeout_ns)
 }
 
-/// Room for transfer records and their links, allocated and touched (first-touch page faults
-/// paid) wherever it is prepared: a caller that knows how many transfers are coming (an audit
-/// replay) prepares it on another core while it does other work, then hands it to
-/// `Ledger::adopt_storage`. Holds no records.
+/// Room for transfer records, their links and their id index, allocated and touched
+/// (first-touch page faults paid) wherever it is prepared: a caller that knows how many transfers
+/// are coming (an audit replay) prepares it on another core while this one applies batches, then
+/// hands it to `Ledger::adopt_storage`, which moves what the ledger holds by then into it. Holds
+/// no records.
 #[derive(Debug)]
 pub struct TransferStorage {
     records: Vec<Aligned<Transfer>>,
     links: Vec<TransferLinks>,
+    indexes: IdIndex,
 }
 
 impl TransferStorage {
@@ -398,7 +400,13 @@ impl TransferStorage {
             credit_previous: NONE,
         };
         reserve_touched(&mut links, transfers, blank);
-        TransferStorage { records, links }
+        // A new table's slots are written (all empty) as it is made: touched here.
+        let indexes = IdIndex::with_capacity(transfers);
+        TransferStorage {
+            records,
+            links,
+            indexes,
+        }
     }
 }
 
@@ -481,29 +489,29 @@ impl Ledger {
         self.pending_statuses.reserve_exact(transfers);
     }
 
-    /// The part of `reserve` that is not record memory: the id indexes at their final size and
-    /// the pending statuses, for a caller that prepares the records' memory elsewhere
-    /// (`TransferStorage`) at the same time.
-    pub fn reserve_indexes(&mut self, accounts: usize, transfers: usize) {
-        let accounts = accounts.min(self.accounts_max - self.accounts.len());
-        let transfers = transfers.min(self.transfers_max.saturating_sub(self.transfers.len()));
-        self.account_indexes.reserve(accounts);
-        self.transfer_indexes.reserve(transfers);
-        self.pending_statuses.reserve_exact(transfers);
-    }
-
     /// Takes `storage` (prepared, possibly on another thread, by `TransferStorage::prepare`) as
-    /// the memory of the transfer records and their links, so that a `reserve` for as many
-    /// transfers after it only sizes the id index. Only for a ledger with no transfers yet;
-    /// storage that is smaller than what the ledger already has is dropped.
+    /// the memory of the transfer records, their links and their id index, so that a `reserve`
+    /// for as many transfers after it touches nothing. The transfers the ledger holds already are
+    /// moved into it (copied, and their ids indexed again): a caller may apply batches while the
+    /// storage is prepared. Each part of `storage` that is no larger than what the ledger already
+    /// has is dropped.
     pub fn adopt_storage(&mut self, storage: TransferStorage) {
-        assert!(self.transfers.is_empty() && self.transfer_links.is_empty());
-        if storage.records.capacity() > self.transfers.capacity() {
-            self.transfers = storage.records;
+        let TransferStorage {
+            mut records,
+            mut links,
+            indexes,
+        } = storage;
+        assert!(records.is_empty() && links.is_empty() && indexes.is_empty());
+        assert_eq!(self.transfers.len(), self.transfer_links.len());
+        if records.capacity() > self.transfers.capacity() {
+            records.extend_from_slice(&self.transfers);
+            self.transfers = records;
         }
-        if storage.links.capacity() > self.transfer_links.capacity() {
-            self.transfer_links = storage.links;
+        if links.capacity() > self.transfer_links.capacity() {
+            links.extend_from_slice(&self.transfer_links);
+            self.transfer_links = links;
         }
+        self.transfer_indexes.move_into(indexes);
     }
 
     /// Like `with_capacity`, with the history capacity chosen too (rows of balance history for
@@ -2324,12 +2332,53 @@ mod tests {
     }
 
     #[test]
+    fn storage_adopted_mid_stream_takes_the_transfers_already_there() {
+        let mut stream = Stream(11);
+        let mut adopted = Ledger::with_capacity_on_demand(64, 8192);
+        let mut grown = Ledger::with_capacity_on_demand(64, 8192);
+        let accounts = accounts(&mut stream);
+        assert_eq!(
+            adopted.create_accounts(1, &accounts),
+            grown.create_accounts(1, &accounts)
+        );
+        let mut pending_ids = Vec::new();
+        for batch in 0..6 {
+            if batch == 3 {
+                let before = (adopted.digest(), adopted.transfers.len());
+                assert!(before.1 > 0);
+                let storage = std::thread::spawn(|| TransferStorage::prepare(8192))
+                    .join()
+                    .expect("prepare");
+                adopted.adopt_storage(storage);
+                adopted.check_invariants();
+                assert_eq!((adopted.digest(), adopted.transfers.len()), before);
+                assert!(adopted.transfers.capacity() >= 8192);
+                assert!(adopted.transfer_indexes.capacity() >= 8192);
+                for transfer in adopted.transfers.iter() {
+                    assert!(adopted.transfer_index_of(transfer.id).is_some());
+                }
+            }
+            let events: Vec<Transfer> = (0..300)
+                .map(|_| transfer(&mut stream, &mut pending_ids))
+                .collect();
+            let timestamp = (batch + 1) * NANOSECONDS_PER_SECOND;
+            assert_eq!(
+                adopted.create_transfers(timestamp, &events),
+                grown.create_transfers(timestamp, &events)
+            );
+        }
+        adopted.check_invariants();
+        // The room was there: nothing grew after the adoption.
+        assert!(adopted.transfers.capacity() >= 8192);
+        assert!(adopted.snapshot() == grown.snapshot(), "the states differ");
+    }
+
+    #[test]
     fn storage_prepared_elsewhere_is_adopted_and_behaves_as_reserved() {
         let mut adopted = Ledger::with_capacity_on_demand(64, 4096);
         let storage = std::thread::spawn(|| TransferStorage::prepare(4096))
             .join()
             .expect("prepare");
-        adopted.reserve_indexes(0, 4096);
         adopted.adopt_storage(storage);
         assert!(adopted.transfers.capacity() >= 4096);
         let capacity = adopted.transfers.capacity();

@@ -18,8 +18,11 @@
 //!
 //! The ledger gets the node's capacity (`--accounts-max`/`--transfers-max`, else
 //! the capacity recorded in the node's snapshot, else the engine's defaults), so
-//! that it refuses exactly what the node refused; its transfer tables are sized
-//! up front from the log's size, so they never grow (copy and rehash) on the way.
+//! that it refuses exactly what the node refused. Its transfer records and id index
+//! for as many transfers as the log's size allows are prepared (allocated and
+//! touched) on the other core while the replay starts; the replay moves what it has
+//! applied by then into them as soon as they are ready, so from there on they never
+//! grow (copy and rehash), and it never waits for them.
 //!
 //! Results can be exported (one line per event) and compared with another build's
 //! export (`against`): the first event whose result differs is named.
@@ -454,8 +457,9 @@ pub fn run(options: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     )?;
     let range = entry_range(&journal, start);
     let bound = events_bound(&log_dir);
-    // A genesis replay's transfer records get their memory prepared (allocated and touched)
-    // on the other core while this one sizes the id indexes.
+    // A genesis replay's transfer records and id index get their memory prepared (allocated
+    // and touched) on the other core while this one starts applying; the replay adopts it as
+    // soon as it is ready (`Replay::adopt_storage`).
     let records = (start == StartPoint::Genesis).then(|| {
         let capacity = options.capacity.or(peeked.map(|(_, capacity)| capacity));
         let transfers_max = capacity.map_or(tally_engine::limits::TRANSFERS_MAX, |(_, max)| max);
@@ -472,24 +476,20 @@ pub fn run(options: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
                 Some((loaded, bytes)) if loaded == index => bytes,
                 _ => return Err(snapshot_changed()),
             };
-            Replay::from_snapshot(options, index, &bytes, range)?
+            let mut replay = Replay::from_snapshot(options, index, &bytes, range)?;
+            replay.ledger.reserve(0, bound);
+            replay
         }
         StartPoint::Genesis => {
             let capacity = options.capacity.or(peeked.map(|(_, capacity)| capacity));
-            Replay::from_genesis(options, capacity, None, range)?
+            // The evidence is loaded only once the storage is adopted: the other core
+            // prepares that first.
+            let evidence = peeked
+                .map(|(index, _)| SnapshotEvidence::new(&storage, snapshot_dir.clone(), index));
+            Replay::from_genesis(options, capacity, evidence, range)?
         }
     };
-    replay.ledger.reserve_indexes(0, bound);
-    if let Some(records) = records {
-        let records = records.join().expect("the storage thread panicked");
-        replay.ledger.adopt_storage(records);
-        // Only now: the other core prepares the records first, which the replay waits
-        // for; the evidence is wanted only once the replay reaches the snapshot's index.
-        replay.snapshot_evidence =
-            peeked.map(|(index, _)| SnapshotEvidence::load(&storage, snapshot_dir.clone(), index));
-    }
-    // Touches only what the prepared storage does not cover (a snapshot start).
-    replay.ledger.reserve(0, bound);
+    replay.storage = records;
     replay.torn_tail = report.torn_tail.map(|torn| TornTail {
         index: torn.index,
         reason: torn.reason.to_owned(),
@@ -561,6 +561,8 @@ fn snapshot_error(index: u64, error: tally_engine::SnapshotError) -> ReplayError
 /// verifies it and reads its state's digest from its records while the replay runs.
 struct SnapshotEvidence {
     index: u64,
+    /// Where the snapshot is, until its thread is started (`start`).
+    source: Option<(Arc<dyn Storage>, PathBuf)>,
     restoring: Option<std::thread::JoinHandle<Result<Checkpoint, ReplayError>>>,
     recorded: Option<Checkpoint>,
     /// The replay's state at `index`, and how far it was verified then.
@@ -568,10 +570,24 @@ struct SnapshotEvidence {
 }
 
 impl SnapshotEvidence {
-    /// Loads (verified) and restores the snapshot whose first bytes said it covers
-    /// entries through `index`, on a thread of its own.
-    fn load(storage: &Arc<dyn Storage>, dir: PathBuf, index: u64) -> SnapshotEvidence {
-        let storage = Arc::clone(storage);
+    /// The snapshot whose first bytes said it covers entries through `index`; nothing is
+    /// loaded until `start`.
+    fn new(storage: &Arc<dyn Storage>, dir: PathBuf, index: u64) -> SnapshotEvidence {
+        SnapshotEvidence {
+            index,
+            source: Some((Arc::clone(storage), dir)),
+            restoring: None,
+            recorded: None,
+            replayed: None,
+        }
+    }
+
+    /// Loads (verified) the snapshot and reads its state's digest, on a thread of its own.
+    fn start(&mut self) {
+        let Some((storage, dir)) = self.source.take() else {
+            return;
+        };
+        let index = self.index;
         let restoring = std::thread::Builder::new()
             .name("replay-snapshot".into())
             .spawn(move || {
@@ -589,16 +605,15 @@ impl SnapshotEvidence {
                 })
             })
             .expect("spawn the snapshot restoring thread");
-        SnapshotEvidence {
-            index,
-            restoring: Some(restoring),
-            recorded: None,
-            replayed: None,
-        }
+        self.restoring = Some(restoring);
     }
 
-    /// The snapshot's state, once restored (`wait`: block until it is).
+    /// The snapshot's state, once restored (`wait`: start it if need be and block until
+    /// it is).
     fn recorded(&mut self, wait: bool) -> Result<Option<Checkpoint>, ReplayError> {
+        if wait {
+            self.start();
+        }
         if let Some(restoring) = self
             .restoring
             .take_if(|restoring| wait || restoring.is_finished())
@@ -660,6 +675,8 @@ struct Replay<'a> {
     ledger: Ledger,
     /// The snapshot, when a genesis replay can compare its state with the replay's.
     snapshot_evidence: Option<SnapshotEvidence>,
+    /// Transfer storage being prepared on the other core (genesis replay).
+    storage: Option<std::thread::JoinHandle<TransferStorage>>,
     /// The replayed state after each of the last `CAPTURE_WINDOW_ENTRIES`
     /// indexes, oldest first (indexes increase).
     captured: VecDeque<Checkpoint>,
@@ -741,6 +758,7 @@ impl<'a> Replay<'a> {
             range,
             ledger,
             snapshot_evidence,
+            storage: None,
             captured: VecDeque::new(),
             verified_through: None,
             summary_counts: Counts::default(),
@@ -778,6 +796,7 @@ impl<'a> Replay<'a> {
                 if !self.apply_entry(entry?)? {
                     return Ok(());
                 }
+                self.adopt_storage(false);
             }
             if let Some(divergence) = self.check_snapshot(None, true)? {
                 self.divergence = Some(divergence);
@@ -787,7 +806,27 @@ impl<'a> Replay<'a> {
         if let Some(bar) = self.progress.take() {
             bar.finish_and_clear();
         }
+        // A log shorter than the time the storage takes: nothing left to adopt it for.
+        if let Some(storage) = self.storage.take() {
+            drop(storage.join().expect("the storage thread panicked"));
+        }
         result
+    }
+
+    /// Takes the prepared transfer storage once it is ready (`wait`: blocks until it is),
+    /// then starts loading the snapshot evidence, which the other core is now free for.
+    fn adopt_storage(&mut self, wait: bool) {
+        let Some(storage) = self
+            .storage
+            .take_if(|storage| wait || storage.is_finished())
+        else {
+            return;
+        };
+        let storage = storage.join().expect("the storage thread panicked");
+        self.ledger.adopt_storage(storage);
+        if let Some(evidence) = &mut self.snapshot_evidence {
+            evidence.start();
+        }
     }
 
     /// Applies one entry; `false` once a divergence stops the replay.

@@ -10,7 +10,14 @@ use tally_api::server::ServerConfig;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Start(_) | Command::Replay(_)) {
+    // A replay's memory is touched once and mostly written in order: on this kind of VM,
+    // faulting in huge pages cost more than their TLB hits saved (docs/design.md §5).
+    let huge_pages = match std::env::var("TALLY_HUGE_PAGES").as_deref() {
+        Ok("on") => matches!(cli.command, Command::Start(_) | Command::Replay(_)),
+        Ok("off") => false,
+        _ => matches!(cli.command, Command::Start(_)),
+    };
+    if huge_pages {
         if let Some(error) = reexecute_with_huge_pages() {
             eprintln!("warning: not re-executed with transparent huge pages: {error}");
         }
@@ -56,15 +63,13 @@ const HUGE_PAGES_TUNABLE: &str = "glibc.malloc.hugetlb=1";
 /// at random: on 4 KiB pages nearly every lookup also misses the TLB, and every page is a
 /// fault to touch. Where transparent huge pages are left to `madvise` (the usual default),
 /// glibc's allocator asks for them when its `glibc.malloc.hugetlb=1` tunable is set, and a
-/// tunable is read only as a process starts: so `tally start` and `tally replay` execute
-/// themselves again, once, with it added to `GLIBC_TUNABLES` (docs/design.md §4). Nothing
-/// happens when the tunable is already there (set, or after the re-execution), when
-/// `TALLY_HUGE_PAGES=off`, or off Linux. Returns why the re-execution failed (the process then
-/// goes on without it); it does not return when it succeeds.
+/// tunable is read only as a process starts: so `tally start` (and `tally replay` with
+/// `TALLY_HUGE_PAGES=on`) executes itself again, once, with it added to `GLIBC_TUNABLES`
+/// (docs/design.md §4). Nothing happens when the tunable is already there (set, or after the
+/// re-execution), or off Linux. Returns why the re-execution failed (the process then goes on
+/// without it); it does not return when it succeeds.
 fn reexecute_with_huge_pages() -> Option<std::io::Error> {
-    if !cfg!(target_os = "linux")
-        || std::env::var_os("TALLY_HUGE_PAGES").is_some_and(|value| value == "off")
-    {
+    if !cfg!(target_os = "linux") {
         return None;
     }
     let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
