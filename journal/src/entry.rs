@@ -1,5 +1,7 @@
 //! Log entries and their fixed 64-byte little-endian header.
 
+use bytes::Bytes;
+
 use crate::error::{Error, Result};
 use crate::limits::{
     BATCH_EVENTS_MAX, ENTRY_ALIGNMENT, ENTRY_HEADER_SIZE, EVENT_SIZE, FORMAT_VERSION,
@@ -60,12 +62,14 @@ pub struct Entry {
     pub operation: u8,
     pub timestamp: u64,
     pub event_count: u32,
-    pub payload: Vec<u8>,
+    /// Shared, not copied: the log store hands the replicated entry's bytes over as they are.
+    pub payload: Bytes,
 }
 
 impl Entry {
     /// A client batch; `events` holds whole 128-byte events.
-    pub fn batch(id: EntryId, operation: u8, timestamp: u64, events: Vec<u8>) -> Entry {
+    pub fn batch(id: EntryId, operation: u8, timestamp: u64, events: impl Into<Bytes>) -> Entry {
+        let events = events.into();
         let event_count = u32::try_from(events.len() / EVENT_SIZE).unwrap_or(u32::MAX);
         Entry {
             id,
@@ -84,18 +88,18 @@ impl Entry {
             operation: 0,
             timestamp: 0,
             event_count: 0,
-            payload: Vec::new(),
+            payload: Bytes::new(),
         }
     }
 
-    pub fn membership(id: EntryId, bytes: Vec<u8>) -> Entry {
+    pub fn membership(id: EntryId, bytes: impl Into<Bytes>) -> Entry {
         Entry {
             id,
             kind: EntryKind::Membership,
             operation: 0,
             timestamp: 0,
             event_count: 0,
-            payload: bytes,
+            payload: bytes.into(),
         }
     }
 
@@ -277,7 +281,7 @@ impl Verified {
             operation: self.operation,
             timestamp: self.timestamp,
             event_count: self.event_count,
-            payload,
+            payload: payload.into(),
         }
     }
 }
@@ -420,7 +424,7 @@ mod tests {
                 vec![0; (BATCH_EVENTS_MAX as usize + 1) * EVENT_SIZE],
             ),
             Entry {
-                payload: vec![1],
+                payload: vec![1].into(),
                 ..Entry::blank(id)
             },
             Entry {

@@ -315,7 +315,7 @@ fn to_journal_entry(entry: &Entry) -> io::Result<JournalEntry> {
     Ok(match &entry.payload {
         EntryPayload::Blank => JournalEntry::blank(id),
         EntryPayload::Normal(batch) => {
-            JournalEntry::batch(id, batch.operation, batch.timestamp, batch.events.to_vec())
+            JournalEntry::batch(id, batch.operation, batch.timestamp, batch.events.clone())
         }
         EntryPayload::Membership(membership) => JournalEntry::membership(
             id,
@@ -331,7 +331,7 @@ fn from_journal_entry(entry: JournalEntry) -> io::Result<Entry> {
         EntryKind::Batch => EntryPayload::Normal(Batch {
             operation: entry.operation,
             timestamp: entry.timestamp,
-            events: entry.payload.into(),
+            events: entry.payload,
         }),
         EntryKind::Membership => EntryPayload::Membership(
             postcard::from_bytes(&entry.payload)

@@ -872,7 +872,7 @@ impl<'a> Replay<'a> {
         let batch = Batch {
             operation: entry.operation,
             timestamp: entry.timestamp,
-            events: entry.payload.into(),
+            events: entry.payload,
         };
         let reply = tally_raft::apply::apply_batch(&mut self.ledger, &batch);
         let counts = &mut self.summary_counts;

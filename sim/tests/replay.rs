@@ -234,7 +234,7 @@ fn tamper_checkpoint(dir: &Path, which: usize) -> (u64, u64) {
     let entry = &mut entries[position];
     let mut checkpoint = Checkpoint::from_payload(&entry.payload).unwrap();
     checkpoint.digest ^= 1;
-    entry.payload = checkpoint.to_record().as_bytes().to_vec();
+    entry.payload = checkpoint.to_record().as_bytes().to_vec().into();
     let entry_index = entry.id.index;
     journal.truncate_after(Some(entry_index - 1)).unwrap();
     journal.append_all(&entries[position..]).unwrap();

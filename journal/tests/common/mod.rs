@@ -35,11 +35,16 @@ pub fn random_entry(random: &mut SplitMix64, id: EntryId) -> Entry {
         0 => Entry::blank(id),
         1 => {
             let length = random.below(40) as usize;
-            Entry::membership(id, (0..length).map(|_| random.next_u64() as u8).collect())
+            Entry::membership(
+                id,
+                (0..length)
+                    .map(|_| random.next_u64() as u8)
+                    .collect::<Vec<u8>>(),
+            )
         }
         _ => {
             let count = 1 + random.below(3) as usize;
-            let events = (0..count * EVENT_SIZE)
+            let events: Vec<u8> = (0..count * EVENT_SIZE)
                 .map(|_| random.next_u64() as u8)
                 .collect();
             Entry::batch(id, 1 + random.below(4) as u8, random.next_u64(), events)
