@@ -22,7 +22,7 @@ mod types;
 
 pub use id_hash::{IdBuildHasher, IdHasher, IdMap, IdSet};
 pub use id_index::{IdIndex, Probe};
-pub use ledger::{BatchError, Ledger, TransferStorage};
+pub use ledger::{BatchError, Ledger, Prepared, TransferStorage};
 pub use results::{CreateAccountResult, CreateTransferResult};
 pub use snapshot::SnapshotError;
 pub use snapshot::SnapshotWriter;

@@ -21,6 +21,7 @@ use openraft::storage::EntryResponder;
 use openraft::EntryPayload;
 use tally_engine::Ledger;
 use tally_engine::Operation;
+use tally_engine::Prepared;
 
 use crate::checkpoint::Checkpoint;
 use crate::checkpoint::Checkpoints;
@@ -131,6 +132,24 @@ pub fn effective_timestamp(proposed: u64, last_timestamp: u64) -> u64 {
 /// Applies one batch to the ledger: the one function the state machine and the
 /// audit replay share.
 pub fn apply_batch(ledger: &mut Ledger, batch: &crate::types::Batch) -> BatchReply {
+    apply_batch_prepared(ledger, batch, &Prepared::default())
+}
+
+/// The hashes `apply_batch_prepared` can take for `batch`, computed on any thread
+/// (`Ledger::prepare`): an audit replay prepares each batch on its reader thread.
+pub fn prepare_batch(batch: &crate::types::Batch) -> Prepared {
+    match Operation::try_from(batch.operation) {
+        Ok(operation) => Ledger::prepare(operation, &batch.events),
+        Err(_) => Prepared::default(),
+    }
+}
+
+/// `apply_batch` with `prepared` (from `prepare_batch` of the same batch, or empty).
+pub fn apply_batch_prepared(
+    ledger: &mut Ledger,
+    batch: &crate::types::Batch,
+    prepared: &Prepared,
+) -> BatchReply {
     let timestamp = effective_timestamp(batch.timestamp, ledger.last_timestamp());
     let operation = match Operation::try_from(batch.operation) {
         Ok(operation) => operation,
@@ -141,7 +160,7 @@ pub fn apply_batch(ledger: &mut Ledger, batch: &crate::types::Batch) -> BatchRep
             }
         }
     };
-    match ledger.apply(operation, timestamp, &batch.events) {
+    match ledger.apply_prepared(operation, timestamp, &batch.events, prepared) {
         Ok(results) => BatchReply {
             results: zerocopy::IntoBytes::as_bytes(results.as_slice()).to_vec(),
             rejected: None,
