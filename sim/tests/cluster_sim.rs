@@ -8,23 +8,8 @@ use tally_sim::cluster::run_seed;
 use tally_sim::cluster::Options;
 use tally_sim::cluster::Variant;
 
-/// The simulations of this file run one at a time. Two run on two threads of one process at
-/// once, a seed's trace was not always reproducible (the reproducibility test failed in about
-/// one run of four while the auditor test ran beside it, and never in 11 runs alone; already so
-/// at the start of session 4, before that session's changes). What the two simulations share
-/// is not established; `tally-sim` runs its seeds one after another, so its traces are not
-/// affected.
-static ONE_SIMULATION_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_SIMULATION_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 #[test]
 fn the_same_seed_gives_the_same_trace_and_another_seed_another() {
-    let _alone = one_at_a_time();
     let options = Options {
         nodes: Some(3),
         ..Options::default()
@@ -49,7 +34,6 @@ fn the_same_seed_gives_the_same_trace_and_another_seed_another() {
 /// crashes; the auditor must say so.
 #[test]
 fn the_auditor_catches_a_journal_that_does_not_fsync() {
-    let _alone = one_at_a_time();
     let options = Options {
         nodes: Some(1),
         variant: Variant::NoFsync,

@@ -486,8 +486,45 @@ impl Harness<'_> {
         }
     }
 
-    fn crash(&mut self, node: u64, now: Duration, down_for: Duration) {
+    /// Stops `node`'s host. tokio tears the host's runtime down task by task in an order set by
+    /// the process-wide task-id counter (a current-thread runtime's task list is sharded by task
+    /// id), and every socket closed on the way sends a FIN or RST that draws its latency from the
+    /// simulation's RNG. With the node's outgoing links cut for the teardown those goodbyes are
+    /// lost, as in a power cut, and draw nothing: the trace no longer depends on which task ids
+    /// other simulations in the process took.
+    fn crash_host(&mut self, node: u64) {
+        let mut others: Vec<(String, bool)> = self
+            .plan
+            .all_nodes()
+            .filter(|other| *other != node)
+            .map(|other| {
+                // Links a fault has cut stay cut: either end isolated, or a one-way cut.
+                let cut = self.isolated.contains_key(&node)
+                    || self.isolated.contains_key(&other)
+                    || self
+                        .one_way
+                        .iter()
+                        .any(|(from, to, _)| *from == node && *to == other);
+                (host_name(other), cut)
+            })
+            .collect();
+        others.extend((0..self.plan.clients).map(|client| (format!("client-{client}"), false)));
+        if self.admin_started {
+            others.push(("admin".to_string(), false));
+        }
+        for (other, _) in &others {
+            self.sim.partition_oneway(host_name(node), other.as_str());
+        }
         self.sim.crash(host_name(node));
+        for (other, cut) in &others {
+            if !cut {
+                self.sim.repair_oneway(host_name(node), other.as_str());
+            }
+        }
+    }
+
+    fn crash(&mut self, node: u64, now: Duration, down_for: Duration) {
+        self.crash_host(node);
         self.slots[&node].lock().expect("slot").node = None;
         self.down.insert(node, now + down_for);
         self.count(FaultKind::Crash);
@@ -591,7 +628,7 @@ impl Harness<'_> {
         let removed = self.membership.lock().expect("membership").removed;
         if let Some(node) = removed {
             if self.decommissioned.insert(node) {
-                self.sim.crash(host_name(node));
+                self.crash_host(node);
                 self.slots[&node].lock().expect("slot").node = None;
                 self.down.remove(&node);
             }
