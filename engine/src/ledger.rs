@@ -671,24 +671,7 @@ impl Ledger {
         timestamp: u64,
         events: &[u8],
     ) -> Result<Vec<EventResult>, BatchError> {
-        assert!(
-            timestamp > self.last_timestamp,
-            "batch timestamp {timestamp} not after {}",
-            self.last_timestamp
-        );
-        if let Err(error) = Self::check_batch(timestamp, events.len()) {
-            self.advance_hash_chain_refused(operation, error.code(), timestamp, events);
-            return Err(error);
-        }
-        let results = match operation {
-            Operation::CreateAccounts => {
-                self.create_accounts(timestamp, &decode_records::<Account>(events))
-            }
-            Operation::CreateTransfers => {
-                self.create_transfers(timestamp, &decode_records::<Transfer>(events))
-            }
-        };
-        Ok(results)
+        self.apply_prepared(operation, timestamp, events, &Prepared::default())
     }
 
     /// What `apply_prepared` can take ahead of the batch: for a well-formed transfer batch its
@@ -707,7 +690,7 @@ impl Ledger {
         Prepared { hashes }
     }
 
-    /// `apply`, with the hashes `prepare` computed from the same `events` ahead.
+    /// `apply`, with the hashes `prepare` computed from the same `events` ahead (empty: none).
     pub fn apply_prepared(
         &mut self,
         operation: Operation,
@@ -715,9 +698,6 @@ impl Ledger {
         events: &[u8],
         prepared: &Prepared,
     ) -> Result<Vec<EventResult>, BatchError> {
-        if prepared.hashes.is_empty() || operation != Operation::CreateTransfers {
-            return self.apply(operation, timestamp, events);
-        }
         assert!(
             timestamp > self.last_timestamp,
             "batch timestamp {timestamp} not after {}",
@@ -727,13 +707,24 @@ impl Ledger {
             self.advance_hash_chain_refused(operation, error.code(), timestamp, events);
             return Err(error);
         }
-        let events = decode_records::<Transfer>(events);
-        assert_eq!(
-            prepared.hashes.len(),
-            events.len(),
-            "prepared for another batch"
-        );
-        Ok(self.create_transfers_hashed(timestamp, &events, Some(&prepared.hashes)))
+        let results = match operation {
+            Operation::CreateAccounts => {
+                self.create_accounts(timestamp, &decode_records::<Account>(events))
+            }
+            Operation::CreateTransfers => {
+                let events = decode_records::<Transfer>(events);
+                let hashes = (!prepared.hashes.is_empty()).then(|| {
+                    assert_eq!(
+                        prepared.hashes.len(),
+                        events.len(),
+                        "prepared for another batch"
+                    );
+                    prepared.hashes.as_slice()
+                });
+                self.create_transfers_hashed(timestamp, &events, hashes)
+            }
+        };
+        Ok(results)
     }
 
     fn check_batch(timestamp: u64, size: usize) -> Result<(), BatchError> {
@@ -2441,16 +2432,22 @@ mod tests {
         ledger.check_invariants();
     }
 
-    #[test]
-    fn a_batch_prepared_ahead_applies_exactly_as_one_that_is_not() {
-        let mut stream = Stream(21);
-        let mut prepared = Ledger::with_capacity_on_demand(64, 8192);
-        let mut plain = Ledger::with_capacity_on_demand(64, 8192);
+    /// Two ledgers that grow on demand, given the same accounts drawn from `Stream(seed)`.
+    fn twin_ledgers(seed: u64) -> (Stream, Vec<Account>, Ledger, Ledger) {
+        let mut stream = Stream(seed);
+        let mut first = Ledger::with_capacity_on_demand(64, 8192);
+        let mut second = Ledger::with_capacity_on_demand(64, 8192);
         let accounts = accounts(&mut stream);
         assert_eq!(
-            prepared.create_accounts(1, &accounts),
-            plain.create_accounts(1, &accounts)
+            first.create_accounts(1, &accounts),
+            second.create_accounts(1, &accounts)
         );
+        (stream, accounts, first, second)
+    }
+
+    #[test]
+    fn a_batch_prepared_ahead_applies_exactly_as_one_that_is_not() {
+        let (mut stream, accounts, mut prepared, mut plain) = twin_ledgers(21);
         let mut pending_ids = Vec::new();
         for batch in 0..8u64 {
             // Every shape the generator makes: plain, pending, posts, voids, linked, invalid.
@@ -2487,14 +2484,7 @@ mod tests {
 
     #[test]
     fn storage_adopted_mid_stream_takes_the_transfers_already_there() {
-        let mut stream = Stream(11);
-        let mut adopted = Ledger::with_capacity_on_demand(64, 8192);
-        let mut grown = Ledger::with_capacity_on_demand(64, 8192);
-        let accounts = accounts(&mut stream);
-        assert_eq!(
-            adopted.create_accounts(1, &accounts),
-            grown.create_accounts(1, &accounts)
-        );
+        let (mut stream, _, mut adopted, mut grown) = twin_ledgers(11);
         let mut pending_ids = Vec::new();
         for batch in 0..6 {
             if batch == 3 {

@@ -135,16 +135,8 @@ pub fn apply_batch(ledger: &mut Ledger, batch: &crate::types::Batch) -> BatchRep
     apply_batch_prepared(ledger, batch, &Prepared::default())
 }
 
-/// The hashes `apply_batch_prepared` can take for `batch`, computed on any thread
-/// (`Ledger::prepare`): an audit replay prepares each batch on its reader thread.
-pub fn prepare_batch(batch: &crate::types::Batch) -> Prepared {
-    match Operation::try_from(batch.operation) {
-        Ok(operation) => Ledger::prepare(operation, &batch.events),
-        Err(_) => Prepared::default(),
-    }
-}
-
-/// `apply_batch` with `prepared` (from `prepare_batch` of the same batch, or empty).
+/// `apply_batch` with `prepared` (`Ledger::prepare` of the same batch's operation and
+/// events, computed on any thread; or empty).
 pub fn apply_batch_prepared(
     ledger: &mut Ledger,
     batch: &crate::types::Batch,

@@ -50,6 +50,7 @@ use serde::Serialize;
 use tally_engine::CreateAccountResult;
 use tally_engine::CreateTransferResult;
 use tally_engine::Ledger;
+use tally_engine::Operation;
 use tally_engine::Prepared;
 use tally_engine::TransferStorage;
 use tally_journal::Entry;
@@ -525,13 +526,14 @@ fn events_bound(log_dir: &Path) -> usize {
     usize::try_from(bytes / EVENT_SIZE as u64).unwrap_or(usize::MAX)
 }
 
-/// An entry as read, and for a batch the hashes the engine needs from its bytes alone.
-type ReadEntry = (Entry, Option<(Batch, Prepared)>);
+/// An entry as read, and for a transfer batch the hashes the engine needs from its
+/// bytes alone (empty for anything else).
+type ReadEntry = (Entry, Prepared);
 
 /// The reader thread: every entry of `first..=last` in order, until the log ends,
 /// a read fails (sent as the last item) or the receiver hangs up. Each batch is
-/// prepared here (`prepare_batch`: its events' hashes, a fifth of the engine's work
-/// per transfer), so the applying thread does not compute them.
+/// prepared here (`Ledger::prepare`: its events' hashes, a fifth of the engine's
+/// instructions per transfer), so the applying thread does not compute them.
 fn read_log(
     journal: &Journal,
     first: u64,
@@ -544,18 +546,13 @@ fn read_log(
             .map_err(journal_error)
             .map(|entry| entry.expect("an index inside the log's range is in the log"))
             .map(|entry| {
-                let batch = (entry.kind == EntryKind::Batch
-                    && entry.operation != OPERATION_CHECKPOINT)
-                    .then(|| {
-                        let batch = Batch {
-                            operation: entry.operation,
-                            timestamp: entry.timestamp,
-                            events: entry.payload.clone(),
-                        };
-                        let prepared = tally_raft::apply::prepare_batch(&batch);
-                        (batch, prepared)
-                    });
-                (entry, batch)
+                let prepared = match Operation::try_from(entry.operation) {
+                    Ok(operation) if entry.kind == EntryKind::Batch => {
+                        Ledger::prepare(operation, &entry.payload)
+                    }
+                    _ => Prepared::default(),
+                };
+                (entry, prepared)
             });
         let failed = entry.is_err();
         if sender.send(entry).is_err() || failed {
@@ -813,8 +810,8 @@ impl<'a> Replay<'a> {
                 .expect("spawn the replay reader thread");
             // Returning drops `entries`: a reader still sending then stops.
             for entry in entries {
-                let (entry, batch) = entry?;
-                if !self.apply_entry(entry, batch)? {
+                let (entry, prepared) = entry?;
+                if !self.apply_entry(entry, &prepared)? {
                     return Ok(());
                 }
                 self.adopt_storage(false);
@@ -851,11 +848,7 @@ impl<'a> Replay<'a> {
     }
 
     /// Applies one entry; `false` once a divergence stops the replay.
-    fn apply_entry(
-        &mut self,
-        entry: Entry,
-        batch: Option<(Batch, Prepared)>,
-    ) -> Result<bool, ReplayError> {
+    fn apply_entry(&mut self, entry: Entry, prepared: &Prepared) -> Result<bool, ReplayError> {
         let index = entry.id.index;
         let counts = &mut self.summary_counts;
         counts.first_index.get_or_insert(index);
@@ -872,10 +865,7 @@ impl<'a> Replay<'a> {
                     return Ok(false);
                 }
             }
-            EntryKind::Batch => {
-                let (batch, prepared) = batch.expect("the reader prepares every batch");
-                self.apply_batch(index, &batch, &prepared)?
-            }
+            EntryKind::Batch => self.apply_batch(entry, prepared)?,
             _ => return Err(ReplayError::UnknownEntryKind { index }),
         }
         let state = Checkpoint {
@@ -895,13 +885,14 @@ impl<'a> Replay<'a> {
         Ok(true)
     }
 
-    fn apply_batch(
-        &mut self,
-        index: u64,
-        batch: &Batch,
-        prepared: &Prepared,
-    ) -> Result<(), ReplayError> {
-        let reply = tally_raft::apply::apply_batch_prepared(&mut self.ledger, batch, prepared);
+    fn apply_batch(&mut self, entry: Entry, prepared: &Prepared) -> Result<(), ReplayError> {
+        let index = entry.id.index;
+        let batch = Batch {
+            operation: entry.operation,
+            timestamp: entry.timestamp,
+            events: entry.payload,
+        };
+        let reply = tally_raft::apply::apply_batch_prepared(&mut self.ledger, &batch, prepared);
         let counts = &mut self.summary_counts;
         counts.batches += 1;
         counts.events += batch.event_count() as u64;
@@ -909,7 +900,7 @@ impl<'a> Replay<'a> {
             counts.batches_rejected += 1;
         }
         self.results
-            .batch(index, batch, &reply.results, reply.rejected.is_some())
+            .batch(index, &batch, &reply.results, reply.rejected.is_some())
     }
 
     /// Compares a checkpoint entry with what the replay captured.
