@@ -47,6 +47,9 @@ pub struct Core {
     /// Events applied since the last snapshot was built or installed: the
     /// log a restart would have to re-apply (drives the snapshot policy).
     pub events_since_snapshot: u64,
+    /// The state a snapshot wrote (accounts + transfers × 128 bytes) when it
+    /// was built or installed: what a restart restores before that log.
+    pub snapshot_state_bytes: u64,
     /// Counts ledger replacements (installed snapshots): a snapshot encoded in
     /// steps is abandoned if the ledger it began on was replaced.
     pub ledger_generation: u64,
@@ -63,8 +66,21 @@ impl Core {
             drift: Arc::new(DriftState::default()),
             checkpoint_sink: None,
             events_since_snapshot: 0,
+            snapshot_state_bytes: 0,
             ledger_generation: 0,
         }
+    }
+
+    /// The state a snapshot taken now would write: accounts and transfers, 128 bytes each.
+    pub fn state_bytes(&self) -> u64 {
+        (self.ledger.accounts_count() + self.ledger.transfers_count()) as u64
+            * tally_engine::limits::EVENT_SIZE as u64
+    }
+
+    /// Notes that a snapshot of the state as it is now was begun or installed.
+    pub fn snapshot_taken(&mut self) {
+        self.events_since_snapshot = 0;
+        self.snapshot_state_bytes = self.state_bytes();
     }
 
     /// Applies committed entries in log order; answers the leader's waiting clients.

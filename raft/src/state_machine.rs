@@ -173,7 +173,7 @@ impl StateMachine {
             .ring
             .run(|core: &mut Core| {
                 let started = std::time::Instant::now();
-                core.events_since_snapshot = 0;
+                core.snapshot_taken();
                 let writer = core.ledger.snapshot_begin();
                 (
                     writer,
@@ -386,7 +386,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 core.membership = meta.last_membership;
                 // Checkpoints recorded before were of a state this one replaces.
                 core.checkpoints = Default::default();
-                core.events_since_snapshot = 0;
+                core.snapshot_taken();
             })
             .await
             .map_err(ring_error)?;
