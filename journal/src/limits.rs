@@ -37,10 +37,11 @@ pub const RECORD_PAYLOAD_SIZE_MAX: usize = RECORD_SLOT_SIZE - RECORD_HEADER_SIZE
 /// Size of the snapshot file header.
 pub const SNAPSHOT_HEADER_SIZE: usize = 64;
 /// Snapshot data is written in chunks of this size.
-pub const SNAPSHOT_WRITE_CHUNK_SIZE: usize = 4 * 1024 * 1024;
+pub const SNAPSHOT_WRITE_CHUNK_SIZE: usize = 1024 * 1024;
 /// A snapshot being saved is synced every time this much has been written since the last
-/// sync, so that it never holds more dirty data than this for the log's fsyncs to wait on.
-pub const SNAPSHOT_SYNC_BYTES: usize = 8 * 1024 * 1024;
+/// sync, so that it never holds more dirty data than this for the log's fsyncs to wait on
+/// (at 270 MB/s, the rate of this machine's disk for synced 4 MiB writes, about 8 ms).
+pub const SNAPSHOT_SYNC_BYTES: usize = 2 * 1024 * 1024;
 
 const _: () = assert!(ENTRY_RECORD_SIZE_MAX <= 1024 * 1024);
 const _: () = assert!(SNAPSHOT_SYNC_BYTES >= SNAPSHOT_WRITE_CHUNK_SIZE);

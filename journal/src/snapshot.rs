@@ -92,9 +92,11 @@ impl SnapshotStore {
         self.save_paced(last_log_id, meta, data, std::time::Duration::ZERO)
     }
 
-    /// `save`, sleeping `pause` after each intermediate sync (every `SNAPSHOT_SYNC_BYTES`), so
-    /// that writing a large snapshot takes the disk and the CPU a little at a time from a node
-    /// that is serving (the caller's thread sleeps: call it from a thread that may block).
+    /// `save`, resting after each intermediate sync (every `SNAPSHOT_SYNC_BYTES`) for as long
+    /// as writing and syncing that much took, and at least `pause`, so that writing a large
+    /// snapshot takes at most half the disk's time, a little at a time, from a node that is
+    /// serving: the log's fsyncs wait behind one such sync at most. The caller's thread sleeps
+    /// (call it from a thread that may block); a zero `pause` does not rest at all.
     pub fn save_paced(
         &mut self,
         last_log_id: Option<EntryId>,
@@ -157,6 +159,7 @@ impl SnapshotStore {
         let mut crc = crc32c::crc32c(&header[..field::CRC]);
         let mut offset = SNAPSHOT_HEADER_SIZE as u64;
         let mut unsynced = 0usize;
+        let mut unit_started = std::time::Instant::now();
         let mut write = |chunk: &[u8]| -> Result<()> {
             crc = crc32c::crc32c_append(crc, chunk);
             file.write_at(chunk, offset)
@@ -178,7 +181,8 @@ impl SnapshotStore {
                 }
                 unsynced = 0;
                 if !pause.is_zero() {
-                    std::thread::sleep(pause);
+                    std::thread::sleep(pause.max(unit_started.elapsed()));
+                    unit_started = std::time::Instant::now();
                 }
             }
             Ok(())

@@ -68,10 +68,10 @@ pub const SNAPSHOT_TRANSFERS_PER_STEP: usize = 1 << 14;
 /// about 2 ms (8 MiB into memory already touched), a snapshot takes at most half its time.
 pub const SNAPSHOT_STEP_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
-/// A node's thread saving a snapshot sleeps this long after each 8 MiB it syncs
-/// (`tally_journal::limits::SNAPSHOT_SYNC_BYTES`): a 400 MiB snapshot takes 0.25 s longer to
-/// write and leaves the CPU and the disk to the batches in between.
-pub const SNAPSHOT_SAVE_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+/// A node's thread saving a snapshot rests after each 2 MiB it syncs
+/// (`tally_journal::limits::SNAPSHOT_SYNC_BYTES`) for as long as writing and syncing them took,
+/// and at least this long: the disk and the CPU go to the batches at least half the time.
+pub const SNAPSHOT_SAVE_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// A snapshot is streamed to the thread saving it a step at a time, in buffers of this size
 /// (one step's transfers), touched before the business-logic thread copies into them, that

@@ -646,11 +646,11 @@ async fn snapshot_when_worth_it(raft: Raft, ring: Arc<ApplyRing>) {
                 snapshot_bytes,
                 "snapshot policy: taking a snapshot"
             );
+            // The build's first step resets the counter; a trigger while a snapshot is
+            // still being built is ignored by openraft.
             if raft.trigger().snapshot().await.is_err() {
                 return;
             }
-            // Give the snapshot time to reset the counter before looking again.
-            tokio::time::sleep(SNAPSHOT_POLICY_INTERVAL * 10).await;
         }
     }
 }

@@ -102,6 +102,8 @@ impl StateMachine {
                 let mut core = Core::new(ledger);
                 core.last_applied = meta.last_log_id;
                 core.membership = meta.last_membership;
+                // What this snapshot wrote: the log after it is measured against that.
+                core.snapshot_taken();
                 core
             }
             None => Core::new(LedgerCapacity::new_ledger(capacity)),
@@ -410,4 +412,46 @@ fn apply_job(entries: Vec<EntryResponder<TypeConfig>>) -> Job {
         core.apply_entries(entries);
         metrics::histogram!("tally_apply_seconds").record(started.elapsed().as_secs_f64());
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_engine::Account;
+
+    /// A node restored from a snapshot measures the log after it against what that snapshot
+    /// wrote, as if it had just taken it (else the policy would take another one at once).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restored_snapshot_counts_as_the_last_one_taken() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let snapshots = Arc::new(
+            SnapshotFiles::open(
+                tally_journal::FsStorage::shared(),
+                dir.path(),
+                Threads::Dedicated,
+            )
+            .expect("open snapshots"),
+        );
+        let mut ledger = Ledger::new();
+        let accounts: Vec<Account> = (1..=3)
+            .map(|id| Account {
+                id,
+                ledger: 1,
+                code: 1,
+                ..Account::default()
+            })
+            .collect();
+        ledger.create_accounts(1, &accounts);
+        snapshots
+            .save(&SnapshotMeta::default(), &ledger.snapshot())
+            .expect("save snapshot");
+        let state_machine = StateMachine::open(snapshots, |_| {}).expect("open state machine");
+        let (snapshot_bytes, events) = state_machine
+            .ring()
+            .run(|core: &mut Core| (core.snapshot_state_bytes, core.events_since_snapshot))
+            .await
+            .expect("ring running");
+        assert_eq!((snapshot_bytes, events), (3 * 128, 0));
+        state_machine.ring().shutdown();
+    }
 }
