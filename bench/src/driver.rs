@@ -78,6 +78,8 @@ pub(crate) struct Totals {
     pub(crate) unknown_outcomes: u64,
     pub(crate) latency: Histogram<u64>,
     pub(crate) throughput_per_second: Vec<u64>,
+    /// The p99 latency (ms) of the requests due in each second.
+    pub(crate) p99_ms_per_second: Vec<f64>,
     pub(crate) elapsed: Duration,
     pub(crate) sample: Vec<Transfer>,
     pub(crate) acknowledged: u64,
@@ -122,6 +124,7 @@ impl Totals {
             load_average: stats::load_average(),
             unix_time_s: stats::unix_time_s(),
             throughput_per_second: self.throughput_per_second.clone(),
+            p99_ms_per_second: self.p99_ms_per_second.clone(),
             latency_histogram: stats::buckets(&self.latency),
         }
     }
@@ -141,6 +144,9 @@ struct Worker {
     unknown_outcomes: u64,
     latency: Histogram<u64>,
     per_second: Vec<u64>,
+    /// Latency (µs) of each request, by the second it was due in: 4 bytes a request, where a
+    /// histogram a second would be over 100 KiB.
+    latency_us_per_second: Vec<Vec<u32>>,
     sampler: Sampler,
 }
 
@@ -193,6 +199,7 @@ fn combine(workers: Vec<Worker>, plan: &Plan, elapsed: Duration) -> Totals {
     let mut unknown_outcomes = 0;
     let seconds = elapsed.as_secs() as usize + 1;
     let mut throughput_per_second = vec![0u64; seconds];
+    let mut latency_us_per_second: Vec<Vec<u32>> = Vec::new();
     let mut samplers = Vec::new();
     for worker in workers {
         latency.add(&worker.latency).expect("same histogram bounds");
@@ -204,6 +211,12 @@ fn combine(workers: Vec<Worker>, plan: &Plan, elapsed: Duration) -> Totals {
         unknown_outcomes += worker.unknown_outcomes;
         for (second, count) in worker.per_second.iter().enumerate() {
             throughput_per_second[second.min(seconds - 1)] += count;
+        }
+        for (second, latencies) in worker.latency_us_per_second.into_iter().enumerate() {
+            if latency_us_per_second.len() <= second {
+                latency_us_per_second.resize_with(second + 1, Vec::new);
+            }
+            latency_us_per_second[second].extend(latencies);
         }
         samplers.push(worker.sampler);
     }
@@ -219,6 +232,10 @@ fn combine(workers: Vec<Worker>, plan: &Plan, elapsed: Duration) -> Totals {
         unknown_outcomes,
         latency,
         throughput_per_second,
+        p99_ms_per_second: latency_us_per_second
+            .iter_mut()
+            .map(|latencies| stats::p99_ms_of(latencies))
+            .collect(),
         elapsed,
         sample,
         acknowledged,
@@ -242,6 +259,7 @@ async fn work<B: Backend>(
         unknown_outcomes: 0,
         latency: stats::new_histogram(),
         per_second: Vec::new(),
+        latency_us_per_second: Vec::new(),
         sampler: Sampler::new(
             plan.sample_max,
             plan.seed ^ (connection as u64).wrapping_add(1),
@@ -275,6 +293,14 @@ async fn work<B: Backend>(
         };
         let answered = Instant::now();
         stats::record(&mut worker.latency, answered - due);
+        let due_second = due.saturating_duration_since(start).as_secs() as usize;
+        if worker.latency_us_per_second.len() <= due_second {
+            worker
+                .latency_us_per_second
+                .resize_with(due_second + 1, Vec::new);
+        }
+        let latency_us = (answered - due).as_micros().min(u32::MAX as u128) as u32;
+        worker.latency_us_per_second[due_second].push(latency_us);
         let before = worker.outcome.transfers_ok;
         generator.acknowledge(
             &batch,

@@ -152,7 +152,7 @@ pub(crate) fn write_report(directory: &Path) -> anyhow::Result<PathBuf> {
         let _ = writeln!(
             markdown,
             "### {}\n\n{} transfers/s, p50 {} ms, p99 {} ms, p999 {} ms, max {} ms; load average {}; \
-             [result]({name})\n\n![latency histogram]({latency}) ![throughput]({throughput})\n",
+             [result]({name})\n\n![latency histogram]({latency}) ![throughput and p99 per second]({throughput})\n",
             run.label(),
             run.transfers_per_second,
             run.p50_ms,
@@ -393,23 +393,37 @@ fn plot_latency(path: &Path, run: &RunResult) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Acknowledged transfers per second over the run.
+/// Acknowledged transfers per second over the run, and (right axis, where recorded) the p99
+/// latency of the requests due in each second.
 fn plot_throughput(path: &Path, run: &RunResult) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (PLOT_WIDTH, PLOT_HEIGHT)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
     let series = &run.throughput_per_second;
+    let p99s = &run.p99_ms_per_second;
+    let seconds = series.len().max(p99s.len()).max(1) as u64;
     let peak = series.iter().copied().max().unwrap_or(1).max(1);
+    let p99_peak = p99s.iter().copied().fold(1.0f64, f64::max);
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("throughput: {}", run.label()), ("sans-serif", 16))
+        .caption(
+            format!("throughput and p99 latency: {}", run.label()),
+            ("sans-serif", 16),
+        )
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(80)
-        .build_cartesian_2d(0u64..series.len().max(1) as u64, 0u64..peak + peak / 10)
-        .map_err(plot_error)?;
+        .right_y_label_area_size(60)
+        .build_cartesian_2d(0u64..seconds, 0u64..peak + peak / 10)
+        .map_err(plot_error)?
+        .set_secondary_coord(0u64..seconds, 0f64..p99_peak * 1.1);
     chart
         .configure_mesh()
         .x_desc("second of the run")
         .y_desc("transfers acknowledged / s")
+        .draw()
+        .map_err(plot_error)?;
+    chart
+        .configure_secondary_axes()
+        .y_desc("p99 ms (requests due that second)")
         .draw()
         .map_err(plot_error)?;
     chart
@@ -420,6 +434,26 @@ fn plot_throughput(path: &Path, run: &RunResult) -> anyhow::Result<()> {
                 .map(|(second, count)| (second as u64, *count)),
             BLUE.stroke_width(2),
         ))
+        .map_err(plot_error)?
+        .label("transfers / s")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+    if !p99s.is_empty() {
+        chart
+            .draw_secondary_series(LineSeries::new(
+                p99s.iter()
+                    .enumerate()
+                    .map(|(second, p99)| (second as u64, *p99)),
+                RED.stroke_width(2),
+            ))
+            .map_err(plot_error)?
+            .label("p99 ms")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
         .map_err(plot_error)?;
     root.present().map_err(plot_error)?;
     Ok(())
@@ -456,6 +490,7 @@ mod tests {
             load_average: "0.5 0.4 0.3".into(),
             unix_time_s: 100,
             throughput_per_second: vec![rate as u64; 3],
+            p99_ms_per_second: vec![8.5, 9.0, 7.25],
             latency_histogram: vec![
                 Bucket {
                     upper_us: 1000,

@@ -34,6 +34,17 @@ pub(crate) fn max_ms(histogram: &Histogram<u64>) -> f64 {
     round_ms(histogram.max() as f64 / 1000.0)
 }
 
+/// The p99 of `latencies` (µs) in milliseconds, as `quantile_ms` takes it from a histogram (the
+/// value at rank ⌈0.99 n⌉), exactly; 0 for none. Reorders `latencies`.
+pub(crate) fn p99_ms_of(latencies: &mut [u32]) -> f64 {
+    if latencies.is_empty() {
+        return 0.0;
+    }
+    let rank = (latencies.len() as f64 * 0.99).ceil() as usize;
+    let (_, p99, _) = latencies.select_nth_unstable(rank.clamp(1, latencies.len()) - 1);
+    round_ms(f64::from(*p99) / 1000.0)
+}
+
 /// Milliseconds to the microsecond.
 pub(crate) fn round_ms(milliseconds: f64) -> f64 {
     (milliseconds * 1000.0).round() / 1000.0
@@ -175,6 +186,11 @@ pub(crate) struct RunResult {
     pub(crate) unix_time_s: u64,
     /// Transfers acknowledged in each second of the run.
     pub(crate) throughput_per_second: Vec<u64>,
+    /// The p99 latency (ms) of the requests due in each second of the run: when they were
+    /// scheduled (open loop) or sent (closed loop). Shows what a snapshot or a stall did, and
+    /// when. (Absent in results written before it was recorded.)
+    #[serde(default)]
+    pub(crate) p99_ms_per_second: Vec<f64>,
     pub(crate) latency_histogram: Vec<Bucket>,
 }
 
@@ -183,6 +199,7 @@ impl RunResult {
     pub(crate) fn summary(&self) -> RunResult {
         RunResult {
             throughput_per_second: Vec::new(),
+            p99_ms_per_second: Vec::new(),
             latency_histogram: Vec::new(),
             ..self.clone()
         }
@@ -312,6 +329,21 @@ mod tests {
             );
         }
         assert_eq!(bucket_quantile_us(&[], 0.5), 0);
+    }
+
+    /// The exact p99 agrees with the histogram's on the same latencies (which keeps three
+    /// significant digits).
+    #[test]
+    fn p99_of_a_second_matches_the_histogram() {
+        let mut latencies: Vec<u32> = (1..=1000).rev().map(|ms| ms * 1000).collect();
+        let mut histogram = new_histogram();
+        for latency in &latencies {
+            record(&mut histogram, Duration::from_micros(u64::from(*latency)));
+        }
+        assert_eq!(p99_ms_of(&mut latencies), 990.0);
+        assert!((quantile_ms(&histogram, 0.99) - 990.0).abs() <= 1.0);
+        assert_eq!(p99_ms_of(&mut [7_250]), 7.25);
+        assert_eq!(p99_ms_of(&mut []), 0.0);
     }
 
     #[test]
