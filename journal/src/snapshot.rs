@@ -12,7 +12,8 @@ use std::sync::Arc;
 use crate::entry::{u16_at, u32_at, u64_at};
 use crate::error::{Error, Result};
 use crate::limits::{
-    FORMAT_VERSION, SNAPSHOT_HEADER_SIZE, SNAPSHOT_SYNC_BYTES, SNAPSHOT_WRITE_CHUNK_SIZE,
+    FORMAT_VERSION, SNAPSHOT_FREE_BYTES, SNAPSHOT_HEADER_SIZE, SNAPSHOT_SYNC_BYTES,
+    SNAPSHOT_WRITE_CHUNK_SIZE,
 };
 use crate::storage::{Storage, StorageFile};
 use crate::EntryId;
@@ -219,12 +220,26 @@ impl SnapshotStore {
         file.sync_all()
             .map_err(|error| Error::io("fsync", &temp, error))?;
         let current = self.dir.join(SNAPSHOT_FILE_NAME);
+        // Paced, the snapshot being replaced is held open across the rename and freed a few
+        // MiB at a time once the new one is in place: the rename would otherwise free all of
+        // it in one file-system transaction, which the log's next fdatasync waits for (tens of
+        // milliseconds for hundreds of MiB). Held open, it lives on only as an orphan inode,
+        // which a crash frees at the next mount; the new snapshot is unaffected.
+        let replaced = if pause.is_zero() {
+            None
+        } else {
+            self.storage.open(&current).ok()
+        };
         self.storage
             .rename(&temp, &current)
             .map_err(|error| Error::io("rename", &temp, error))?;
         self.storage
             .sync_dir(&self.dir)
-            .map_err(|error| Error::io("fsync directory", &self.dir, error))
+            .map_err(|error| Error::io("fsync directory", &self.dir, error))?;
+        if let Some(replaced) = replaced {
+            free_gradually(&*replaced, pause);
+        }
+        Ok(())
     }
 
     /// The latest saved snapshot, checksum-verified; `None` if there is none.
@@ -362,4 +377,20 @@ fn header_log_id(header: &[u8; SNAPSHOT_HEADER_SIZE]) -> Option<EntryId> {
 /// at the end of the file).
 fn read_fully(file: &dyn StorageFile, buf: &mut [u8], offset: u64) -> io::Result<bool> {
     Ok(file.read_at(buf, offset)? == buf.len())
+}
+
+/// Shrinks a file no name refers to any more `SNAPSHOT_FREE_BYTES` at a time, resting `pause`
+/// (or as long as the step took) in between, so that its blocks are freed in many small
+/// file-system transactions. Best effort: whatever is left is freed when the file is closed.
+fn free_gradually(file: &dyn StorageFile, pause: std::time::Duration) {
+    let mut length = file.len().unwrap_or(0);
+    while length > 0 {
+        let started = std::time::Instant::now();
+        length = length.saturating_sub(SNAPSHOT_FREE_BYTES as u64);
+        if let Err(error) = file.set_len(length) {
+            tracing::debug!(%error, "a replaced snapshot is freed at once");
+            return;
+        }
+        std::thread::sleep(pause.max(started.elapsed()));
+    }
 }
