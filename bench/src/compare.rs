@@ -196,11 +196,32 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         comparison.hot_ratio
     );
     println!(
-        "Tally open loop at {:.0}/s: p99 {:.3} ms (target {OPEN_LOOP_P99_TARGET_MS} ms)",
-        comparison.open_loop_rate, comparison.open_loop_p99_ms
+        "Tally open loop at {:.0}/s: p99 {:.3} ms (target {OPEN_LOOP_P99_TARGET_MS} ms){}",
+        comparison.open_loop_rate,
+        comparison.open_loop_p99_ms,
+        seconds_within_target(&open)
     );
     println!("{}", serde_json::to_string(&comparison)?);
     Ok(())
+}
+
+/// The open-loop run's p99 second by second and how many seconds met the target, as
+/// "; by second: 8.7, 16.7, ... ms (7 of 10 within)"; empty without the series.
+pub(crate) fn seconds_within_target(open: &RunResult) -> String {
+    let seconds = &open.p99_ms_per_second;
+    if seconds.is_empty() {
+        return String::new();
+    }
+    let within = seconds
+        .iter()
+        .filter(|p99| **p99 <= OPEN_LOOP_P99_TARGET_MS)
+        .count();
+    let list: Vec<String> = seconds.iter().map(|p99| format!("{p99:.1}")).collect();
+    format!(
+        "; by second: {} ms ({within} of {} within)",
+        list.join(", "),
+        seconds.len()
+    )
 }
 
 fn run_tally(
