@@ -428,11 +428,13 @@ fn plot_throughput(path: &Path, run: &RunResult) -> anyhow::Result<()> {
         .y_desc("transfers acknowledged / s")
         .draw()
         .map_err(plot_error)?;
-    chart
-        .configure_secondary_axes()
-        .y_desc("p99 ms (requests due that second)")
-        .draw()
-        .map_err(plot_error)?;
+    if !p99s.is_empty() {
+        chart
+            .configure_secondary_axes()
+            .y_desc("p99 ms (requests due that second)")
+            .draw()
+            .map_err(plot_error)?;
+    }
     chart
         .draw_series(LineSeries::new(
             series
