@@ -66,6 +66,56 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// When set, every `/v1` call must carry `Authorization: Bearer <token>`.
     pub api_token: Option<Arc<[u8]>>,
+    /// Whether this node has caught up since it started (`/healthz`).
+    pub readiness: Arc<Readiness>,
+}
+
+/// A node is ready once it has applied what was committed when it first knew a leader after
+/// starting: until then its reads wait for the log to be re-applied and its status shows a
+/// partial ledger. The mark is fixed at that first sight, so a follower that always trails a
+/// loaded leader by a few entries still reaches it; once reached, the node stays ready.
+#[derive(Debug)]
+pub struct Readiness {
+    /// The committed index to reach (`u64::MAX`: no leader seen yet).
+    mark: std::sync::atomic::AtomicU64,
+    ready: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness {
+            mark: std::sync::atomic::AtomicU64::new(u64::MAX),
+            ready: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+impl Readiness {
+    /// Whether the node is ready, given what it has applied and what is committed now (with a
+    /// leader known).
+    pub fn check(&self, applied: Option<u64>, committed: Option<u64>) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.ready.load(Ordering::Relaxed) {
+            return true;
+        }
+        let Some(committed) = committed else {
+            return false;
+        };
+        let mark = match self.mark.compare_exchange(
+            u64::MAX,
+            committed,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => committed,
+            Err(mark) => mark,
+        };
+        let ready = applied.is_some_and(|applied| applied >= mark);
+        if ready {
+            self.ready.store(true, Ordering::Relaxed);
+        }
+        ready
+    }
 }
 
 #[derive(OpenApi)]
@@ -641,7 +691,8 @@ async fn status(State(state): State<AppState>) -> Result<Json<StatusJson>, ApiEr
     }))
 }
 
-/// 200 when this node is serving (it knows a leader and has not diverged), 503 otherwise.
+/// 200 when this node is serving (it knows a leader, has not diverged, and has caught up since it
+/// started: see `Readiness`), 503 otherwise.
 #[utoipa::path(get, path = "/healthz", security(()), responses((status = 200), (status = 503)))]
 async fn healthz(State(state): State<AppState>) -> Response {
     let node_status = state.node.status();
@@ -656,8 +707,24 @@ async fn healthz(State(state): State<AppState>) -> Response {
         body.insert("status", "leader without a quorum".into());
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     } else if node_status.leader_id.is_some() {
-        body.insert("status", "ok".into());
-        (StatusCode::OK, Json(body)).into_response()
+        let ready = state
+            .readiness
+            .check(node_status.applied_index, node_status.committed_index);
+        if ready {
+            body.insert("status", "ok".into());
+            (StatusCode::OK, Json(body)).into_response()
+        } else {
+            body.insert("status", "catching up".into());
+            body.insert(
+                "applied_index",
+                serde_json::json!(node_status.applied_index),
+            );
+            body.insert(
+                "committed_index",
+                serde_json::json!(node_status.committed_index),
+            );
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
     } else {
         body.insert("status", "no leader".into());
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
@@ -677,6 +744,19 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_is_ready_once_it_has_applied_what_was_committed_when_it_first_saw_a_leader() {
+        let readiness = Readiness::default();
+        assert!(!readiness.check(None, None));
+        // First sight of a leader: the mark is 10.
+        assert!(!readiness.check(Some(3), Some(10)));
+        // Committing runs ahead under load; the mark stays.
+        assert!(!readiness.check(Some(9), Some(14)));
+        assert!(readiness.check(Some(10), Some(18)));
+        // Ready stays ready, even trailing.
+        assert!(readiness.check(Some(12), Some(30)));
+    }
 
     #[test]
     fn bearer_tokens_are_extracted() {

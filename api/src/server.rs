@@ -124,6 +124,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             .api_token
             .as_deref()
             .map(|token| Arc::from(token.as_bytes())),
+        readiness: Arc::default(),
     };
     eprintln!(
         "tally: listening on http://{local_addr} (data in {}{})",
