@@ -213,10 +213,7 @@ fn combine(workers: Vec<Worker>, plan: &Plan, elapsed: Duration) -> Totals {
             throughput_per_second[second.min(seconds - 1)] += count;
         }
         for (second, latencies) in worker.latency_us_per_second.into_iter().enumerate() {
-            if latency_us_per_second.len() <= second {
-                latency_us_per_second.resize_with(second + 1, Vec::new);
-            }
-            latency_us_per_second[second].extend(latencies);
+            at_second(&mut latency_us_per_second, second).extend(latencies);
         }
         samplers.push(worker.sampler);
     }
@@ -294,13 +291,8 @@ async fn work<B: Backend>(
         let answered = Instant::now();
         stats::record(&mut worker.latency, answered - due);
         let due_second = due.saturating_duration_since(start).as_secs() as usize;
-        if worker.latency_us_per_second.len() <= due_second {
-            worker
-                .latency_us_per_second
-                .resize_with(due_second + 1, Vec::new);
-        }
         let latency_us = (answered - due).as_micros().min(u32::MAX as u128) as u32;
-        worker.latency_us_per_second[due_second].push(latency_us);
+        at_second(&mut worker.latency_us_per_second, due_second).push(latency_us);
         let before = worker.outcome.transfers_ok;
         generator.acknowledge(
             &batch,
@@ -311,13 +303,18 @@ async fn work<B: Backend>(
         );
         let acknowledged = worker.outcome.transfers_ok - before;
         let second = (answered - start).as_secs() as usize;
-        if worker.per_second.len() <= second {
-            worker.per_second.resize(second + 1, 0);
-        }
-        worker.per_second[second] += acknowledged;
+        *at_second(&mut worker.per_second, second) += acknowledged;
         live.transfers_ok.fetch_add(acknowledged, Ordering::Relaxed);
     }
     worker
+}
+
+/// The entry of a per-second series for `second`, the series grown to reach it.
+fn at_second<T: Default>(series: &mut Vec<T>, second: usize) -> &mut T {
+    if series.len() <= second {
+        series.resize_with(second + 1, T::default);
+    }
+    &mut series[second]
 }
 
 /// Sends `batch` until it is answered; `None` if it was refused or given up. The flag says

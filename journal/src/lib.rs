@@ -27,4 +27,4 @@ pub use record::{MetaStore, META_FILE_NAME, RECORD_MAGIC};
 pub use snapshot::{
     Snapshot, SnapshotStore, SNAPSHOT_FILE_NAME, SNAPSHOT_MAGIC, SNAPSHOT_TEMP_FILE_NAME,
 };
-pub use storage::{FsStorage, Storage, StorageFile};
+pub use storage::{free_gradually, FsStorage, Storage, StorageFile};

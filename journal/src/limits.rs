@@ -42,8 +42,9 @@ pub const SNAPSHOT_WRITE_CHUNK_SIZE: usize = 1024 * 1024;
 /// sync, so that it never holds more dirty data than this for the log's fsyncs to wait on
 /// (at 270 MB/s, the rate of this machine's disk for synced 4 MiB writes, about 8 ms).
 pub const SNAPSHOT_SYNC_BYTES: usize = 2 * 1024 * 1024;
-/// A snapshot replaced by a newer one is freed this much at a time (when saving is paced).
-pub const SNAPSHOT_FREE_BYTES: usize = 8 * 1024 * 1024;
+/// A file being freed (a retired log segment, a replaced snapshot) is shrunk this much at a
+/// time (`free_gradually`).
+pub const FILE_FREE_STEP_BYTES: u64 = 8 * 1024 * 1024;
 
 const _: () = assert!(ENTRY_RECORD_SIZE_MAX <= 1024 * 1024);
 const _: () = assert!(SNAPSHOT_SYNC_BYTES >= SNAPSHOT_WRITE_CHUNK_SIZE);

@@ -12,8 +12,7 @@ use std::sync::Arc;
 use crate::entry::{u16_at, u32_at, u64_at};
 use crate::error::{Error, Result};
 use crate::limits::{
-    FORMAT_VERSION, SNAPSHOT_FREE_BYTES, SNAPSHOT_HEADER_SIZE, SNAPSHOT_SYNC_BYTES,
-    SNAPSHOT_WRITE_CHUNK_SIZE,
+    FORMAT_VERSION, SNAPSHOT_HEADER_SIZE, SNAPSHOT_SYNC_BYTES, SNAPSHOT_WRITE_CHUNK_SIZE,
 };
 use crate::storage::{Storage, StorageFile};
 use crate::EntryId;
@@ -237,7 +236,7 @@ impl SnapshotStore {
             .sync_dir(&self.dir)
             .map_err(|error| Error::io("fsync directory", &self.dir, error))?;
         if let Some(replaced) = replaced {
-            free_gradually(&*replaced, pause);
+            crate::storage::free_gradually(&*replaced, pause);
         }
         Ok(())
     }
@@ -377,20 +376,4 @@ fn header_log_id(header: &[u8; SNAPSHOT_HEADER_SIZE]) -> Option<EntryId> {
 /// at the end of the file).
 fn read_fully(file: &dyn StorageFile, buf: &mut [u8], offset: u64) -> io::Result<bool> {
     Ok(file.read_at(buf, offset)? == buf.len())
-}
-
-/// Shrinks a file no name refers to any more `SNAPSHOT_FREE_BYTES` at a time, resting `pause`
-/// (or as long as the step took) in between, so that its blocks are freed in many small
-/// file-system transactions. Best effort: whatever is left is freed when the file is closed.
-fn free_gradually(file: &dyn StorageFile, pause: std::time::Duration) {
-    let mut length = file.len().unwrap_or(0);
-    while length > 0 {
-        let started = std::time::Instant::now();
-        length = length.saturating_sub(SNAPSHOT_FREE_BYTES as u64);
-        if let Err(error) = file.set_len(length) {
-            tracing::debug!(%error, "a replaced snapshot is freed at once");
-            return;
-        }
-        std::thread::sleep(pause.max(started.elapsed()));
-    }
 }

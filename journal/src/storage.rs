@@ -172,3 +172,21 @@ impl StorageFile for FsFile {
             .map_err(io::Error::from)
     }
 }
+
+/// Shrinks `file`, which no name refers to any more, `FILE_FREE_STEP_BYTES` at a time, resting
+/// `pause` (or as long as the step took) in between: the file system frees a file's blocks in one
+/// journal transaction per call, which the log's next fdatasync waits for, and all of a large
+/// file at once stalls it for tens of milliseconds. Best effort: whatever is left is freed when
+/// the file is closed.
+pub fn free_gradually(file: &dyn StorageFile, pause: std::time::Duration) {
+    let mut length = file.len().unwrap_or(0);
+    while length > 0 {
+        let started = std::time::Instant::now();
+        length = length.saturating_sub(crate::limits::FILE_FREE_STEP_BYTES);
+        if let Err(error) = file.set_len(length) {
+            tracing::debug!(%error, "a file is freed at once");
+            return;
+        }
+        std::thread::sleep(pause.max(started.elapsed()));
+    }
+}

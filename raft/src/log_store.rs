@@ -149,9 +149,8 @@ impl RecentEntries {
     }
 }
 
-/// A removed segment's file is shrunk by this much at a time before it is closed...
-const RETIRED_FILE_SHRINK_BYTES: u64 = 8 << 20;
-/// ...with this pause in between.
+/// A removed segment's file is freed a few MiB at a time before it is closed
+/// (`tally_journal::free_gradually`), resting at least this long in between.
 const RETIRED_FILE_SHRINK_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 
 fn to_io(error: tally_journal::Error) -> io::Error {
@@ -220,18 +219,8 @@ impl LogStore {
         match self.shared.threads {
             Threads::Dedicated => {
                 tokio::task::spawn_blocking(move || {
-                    // Freed a few MiB at a time: the file system frees blocks in one
-                    // journal transaction per call, which the log's next fdatasync waits
-                    // for; a whole segment at once stalls it for tens of milliseconds.
                     for file in retired {
-                        let mut length = file.len().unwrap_or(0);
-                        while length > 0 {
-                            length = length.saturating_sub(RETIRED_FILE_SHRINK_BYTES);
-                            if file.set_len(length).is_err() {
-                                break;
-                            }
-                            std::thread::sleep(RETIRED_FILE_SHRINK_PAUSE);
-                        }
+                        tally_journal::free_gradually(&*file, RETIRED_FILE_SHRINK_PAUSE);
                     }
                 });
             }
