@@ -17,6 +17,7 @@
 //! public mix (see `id_hash.rs` on hash flooding).
 
 use crate::id_hash::hash_id;
+use crate::prefetch::prefetch;
 
 /// An empty slot. An entry never equals it: record indexes are below `u32::MAX`.
 const EMPTY: u64 = u64::MAX;
@@ -157,22 +158,6 @@ impl IdIndex {
         unreachable!("id index has no empty slot");
     }
 
-    /// The record index in the home slot of the id with `fingerprint` if its fingerprint matches, else `u32::MAX`: one load,
-    /// no probe loop and no record read. Not an answer (the id may sit further along the probe,
-    /// or the match may be another id); it is how a batch's lookahead touches the slots and
-    /// records of many ids in one tight loop, so that their cache misses overlap.
-    pub fn home_candidate(&self, fingerprint: u32) -> u32 {
-        if self.slots.is_empty() {
-            return u32::MAX;
-        }
-        let slot = self.slots[self.home(fingerprint)];
-        if slot != EMPTY && entry_fingerprint(slot) == fingerprint {
-            entry_index(slot)
-        } else {
-            u32::MAX
-        }
-    }
-
     /// The record index of the first entry with `fingerprint` along its probe, else `u32::MAX`:
     /// the id's record unless another id shares the fingerprint. Not an answer, a candidate for
     /// the lookahead to touch; no record is read.
@@ -196,17 +181,13 @@ impl IdIndex {
         unreachable!("id index has no empty slot");
     }
 
-    /// The slot position where a probe for `fingerprint` starts. For the lookahead: loading
-    /// `slot_at(home_position(..))` brings the slot into cache; it answers nothing.
+    /// Prefetches the home slot of the id with `fingerprint`, where its probe starts: how a
+    /// batch's lookahead brings the slots of many ids into cache at once. It answers nothing.
     #[inline(always)]
-    pub fn home_position(&self, fingerprint: u32) -> usize {
-        self.home(fingerprint)
-    }
-
-    /// The raw slot at `position` (see `home_position`), or `EMPTY` on an empty table.
-    #[inline(always)]
-    pub fn slot_at(&self, position: usize) -> u64 {
-        self.slots.get(position).copied().unwrap_or(EMPTY)
+    pub fn prefetch_home(&self, fingerprint: u32) {
+        if let Some(slot) = self.slots.get(self.home(fingerprint)) {
+            prefetch(slot);
+        }
     }
 
     /// `get_fingerprinted`, but an absent id answers the empty slot its probe ended at, where

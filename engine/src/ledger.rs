@@ -12,6 +12,7 @@ use crate::limits::{
     ACCOUNTS_MAX, BATCH_EVENTS_MAX, EVENT_SIZE, HISTORY_ROWS_MAX, LOOKAHEAD_EVENTS,
     NANOSECONDS_PER_SECOND, TRANSFERS_MAX,
 };
+use crate::prefetch::prefetch;
 use crate::record_hash::{self, Lanes, LANE_TIMESTAMP, SEED_EVENT};
 use crate::results::{CreateAccountResult, CreateTransferResult};
 use crate::state::{
@@ -1253,13 +1254,12 @@ impl Ledger {
     /// Fills `hints` for `events`. Only transfers below `stable_transfers_count` (those that
     /// existed before the batch, which the batch never removes) are trusted as found.
     ///
-    /// The processor can only overlap cache misses that sit together in its reorder window, and a
-    /// load that misses blocks retirement until it is served (a safe crate has no prefetch
-    /// instruction). So the misses are issued from loops that do nothing else, each short enough
-    /// per miss that dozens are in flight at once: (1) hash every id (no memory touched);
-    /// (2) load the home slot of every id; (3) for posts and voids, the pending transfers and
-    /// their accounts' fingerprints and slots; (4) load both cache lines and the list heads of
-    /// the account each home slot names; (5) the real lookups, which now hit cache.
+    /// The misses are issued as prefetches (which retire at once, unlike loads that miss) from
+    /// loops that do nothing else, dozens in flight at once, one stage ahead of their use:
+    /// (1) hash every id (no memory touched); (2) prefetch the home slot of every id; (3) for
+    /// posts and voids, the pending transfers, and their accounts' fingerprints and home slots;
+    /// (4) follow each account's probe to its candidate record and prefetch both its cache lines
+    /// and its list heads; (5) the real lookups, which now hit cache.
     fn resolve_hints(
         &self,
         events: &[Transfer],
@@ -1297,21 +1297,14 @@ impl Ledger {
                 pending: NONE,
             });
         }
-        let transfer_slot = |fingerprint: u32| {
-            let indexes = &self.transfer_indexes;
-            indexes.slot_at(indexes.home_position(fingerprint))
-        };
-        let account_slot = |fingerprint: u32| {
-            let indexes = &self.account_indexes;
-            indexes.slot_at(indexes.home_position(fingerprint))
-        };
-        let mut touched: u64 = 0;
+        let (transfer_indexes, account_indexes) = (&self.transfer_indexes, &self.account_indexes);
         for ((event, hint), fingerprints) in events.iter().zip(hints.iter()).zip(&fingerprints) {
-            touched ^= transfer_slot(hint.id_fingerprint());
+            transfer_indexes.prefetch_home(hint.id_fingerprint());
             if event.flags & resolving != 0 {
-                touched ^= transfer_slot(fingerprints[0]);
+                transfer_indexes.prefetch_home(fingerprints[0]);
             } else {
-                touched ^= account_slot(fingerprints[0]) ^ account_slot(fingerprints[1]);
+                account_indexes.prefetch_home(fingerprints[0]);
+                account_indexes.prefetch_home(fingerprints[1]);
             }
         }
         if resolving_count > 0 {
@@ -1323,12 +1316,13 @@ impl Ledger {
             for (fingerprint, candidate) in fingerprints.iter().zip(candidates) {
                 *candidate = self.account_indexes.candidate(*fingerprint);
                 if let Some(account) = self.accounts.get(*candidate as usize) {
-                    touched ^= account.id as u64 ^ account.timestamp;
-                    touched ^= self.account_links[*candidate as usize].transfers_head as u64;
+                    let bytes = record_bytes(&account.0);
+                    prefetch(&bytes[0]);
+                    prefetch(&bytes[64]);
+                    prefetch(&self.account_links[*candidate as usize]);
                 }
             }
         }
-        std::hint::black_box(touched);
         // A candidate whose record has the id is the answer (fingerprints are unique in a probe
         // only up to collisions, so anything else takes the full lookup). The asserts are real
         // invariants, cheap on records already in cache.
@@ -1369,7 +1363,7 @@ impl Ledger {
 
     /// Stage (3) of `resolve_hints`: for each post or void, the pending transfer if it existed
     /// before the batch, and the fingerprints of its accounts in place of the pending id's, with
-    /// their home slots loaded.
+    /// their home slots prefetched.
     fn resolve_pending_hints(
         &self,
         events: &[Transfer],
@@ -1411,12 +1405,9 @@ impl Ledger {
                 *fingerprints = [0, 0];
             }
         }
-        let mut touched: u64 = 0;
         for fingerprint in fingerprints[..events.len()].iter().flatten() {
-            let indexes = &self.account_indexes;
-            touched ^= indexes.slot_at(indexes.home_position(*fingerprint));
+            self.account_indexes.prefetch_home(*fingerprint);
         }
-        std::hint::black_box(touched);
     }
 
     fn create_transfer(

@@ -7,12 +7,15 @@
 //!
 //! Client input never panics the engine; a broken invariant does (asserts stay on in release).
 //! See docs/design.md §2 for the data model, the result codes and their precedence.
-#![forbid(unsafe_code)]
+//!
+//! No `unsafe` code, except the one prefetch hint in `prefetch.rs`.
+#![deny(unsafe_code)]
 
 mod id_hash;
 mod id_index;
 mod ledger;
 pub mod limits;
+mod prefetch;
 mod query;
 mod record_hash;
 mod results;
