@@ -17,6 +17,7 @@ use tally_engine::limits::BATCH_EVENTS_MAX;
 use tally_engine::limits::EVENT_SIZE;
 use tally_engine::EventResult;
 use tally_engine::Operation;
+use tally_engine::Transfer;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tokio::sync::Semaphore;
@@ -157,16 +158,13 @@ async fn batch_loop(raft: Raft, mut receiver: mpsc::Receiver<Submission>, clock:
             event_count += next.event_count();
             group.push(next);
         }
-        let mut events = BytesMut::with_capacity(event_count * EVENT_SIZE);
-        for submission in &group {
-            events.extend_from_slice(&submission.events);
-        }
+        let events = group_events(&group, event_count);
         let timestamp = clock.now_ns().max(last_timestamp + 1);
         last_timestamp = timestamp + event_count as u64 - 1;
         let batch = Batch {
             operation: operation as u8,
             timestamp,
-            events: events.freeze(),
+            events,
         };
         metrics::histogram!("tally_batch_events").record(event_count as f64);
         let raft = raft.clone();
@@ -179,6 +177,23 @@ async fn batch_loop(raft: Raft, mut receiver: mpsc::Receiver<Submission>, clock:
             answer_group(group, outcome);
         });
     }
+}
+
+/// The events of a group of submissions, back to back. A group of one (every request of the
+/// largest size) is its own bytes, shared, not copied, when they are aligned as the engine's
+/// records are: else the engine would copy them at apply, on the business-logic thread.
+fn group_events(group: &[Submission], event_count: usize) -> Bytes {
+    const _: () = assert!(align_of::<tally_engine::Account>() == align_of::<Transfer>());
+    if let [only] = group {
+        if only.events.as_ptr().align_offset(align_of::<Transfer>()) == 0 {
+            return only.events.clone();
+        }
+    }
+    let mut events = BytesMut::with_capacity(event_count * EVENT_SIZE);
+    for submission in group {
+        events.extend_from_slice(&submission.events);
+    }
+    events.freeze()
 }
 
 /// A new leader refuses writes (with no leader named) until a quorum has
@@ -259,5 +274,61 @@ fn submit_error(error: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> S
             leader: forward.leader_node,
         },
         other => SubmitError::Unknown(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn submission(events: Bytes) -> Submission {
+        Submission {
+            operation: Operation::CreateTransfers,
+            events,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    /// `records` numbered events whose first byte lies `misalignment` bytes past a 16-byte
+    /// boundary.
+    fn events_at(misalignment: usize, records: usize) -> Bytes {
+        let len = records * EVENT_SIZE;
+        let mut buffer = BytesMut::zeroed(len + 32);
+        let start = buffer.as_ptr().align_offset(16) + misalignment;
+        for (index, record) in buffer[start..start + len]
+            .chunks_mut(EVENT_SIZE)
+            .enumerate()
+        {
+            record[0] = index as u8 + 1;
+        }
+        buffer.freeze().slice(start..start + len)
+    }
+
+    #[test]
+    fn a_group_of_one_aligned_submission_shares_its_bytes() {
+        let events = events_at(0, 3);
+        assert_eq!(events.as_ptr().align_offset(16), 0);
+        let group = [submission(events.clone())];
+        let grouped = group_events(&group, 3);
+        assert_eq!(grouped, events);
+        assert_eq!(grouped.as_ptr(), events.as_ptr(), "shared, not copied");
+    }
+
+    #[test]
+    fn a_misaligned_submission_or_a_larger_group_is_copied_back_to_back() {
+        let misaligned = events_at(8, 2);
+        assert_ne!(misaligned.as_ptr().align_offset(16), 0);
+        let grouped = group_events(&[submission(misaligned.clone())], 2);
+        assert_eq!(grouped, misaligned);
+        assert_eq!(
+            grouped.as_ptr().align_offset(16),
+            0,
+            "copied into an aligned buffer"
+        );
+
+        let (first, second) = (events_at(0, 2), events_at(0, 1));
+        let grouped = group_events(&[submission(first.clone()), submission(second.clone())], 3);
+        assert_eq!(&grouped[..2 * EVENT_SIZE], &first[..]);
+        assert_eq!(&grouped[2 * EVENT_SIZE..], &second[..]);
     }
 }
