@@ -162,7 +162,9 @@ pub async fn cluster_view(node: &Node) -> Result<ClusterJson, ApiError> {
         term: status.term,
         last_log_index: status.last_log_index,
         committed_index: status.committed_index,
-        applied_index: status.applied_index,
+        // The ledger's own (read on its apply ring), not openraft's: openraft counts an entry
+        // applied once it is handed to the ring, a moment before the ledger has applied it.
+        applied_index: ledger.applied_index,
         snapshot_index: status.snapshot_index,
         purged_index: status.purged_index,
         joint: status.joint,
