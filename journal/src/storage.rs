@@ -187,6 +187,8 @@ pub fn free_gradually(file: &dyn StorageFile, pause: std::time::Duration) {
             tracing::debug!(%error, "a file is freed at once");
             return;
         }
-        std::thread::sleep(pause.max(started.elapsed()));
+        if length > 0 {
+            std::thread::sleep(pause.max(started.elapsed()));
+        }
     }
 }
