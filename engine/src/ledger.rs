@@ -112,8 +112,8 @@ impl PendingStatuses {
         self.statuses.resize(self.statuses.len() + count, None);
     }
 
-    fn reserve_exact(&mut self, additional: usize) {
-        self.statuses.reserve_exact(additional);
+    fn reserve_touched(&mut self, additional: usize) {
+        reserve_touched(&mut self.statuses, additional, None);
     }
 
     /// A slot for a newly appended transfer.
@@ -485,23 +485,12 @@ impl Ledger {
         assert!(accounts_max < NONE as usize);
         assert!(transfers_max < NONE as usize);
         let mut ledger = Ledger::empty(accounts_max, transfers_max, HISTORY_ROWS_MAX);
-        ledger.accounts.reserve_exact(accounts_max);
-        ledger.account_links.reserve_exact(accounts_max);
-        ledger.account_indexes.reserve(accounts_max);
-        ledger.transfers.reserve_exact(transfers_max);
-        ledger.transfer_links.reserve_exact(transfers_max);
-        ledger.transfer_indexes.reserve(transfers_max);
-        ledger.pending_statuses.reserve_exact(transfers_max);
-        // Touch the record memory now, at start-up, so that the operating system's first-touch
-        // page faults are not paid on the hot path (static allocation, as a node would do).
-        ledger
-            .accounts
-            .resize(accounts_max, Aligned(Account::default()));
-        ledger.accounts.clear();
-        ledger
-            .transfers
-            .resize(transfers_max, Aligned(Transfer::default()));
-        ledger.transfers.clear();
+        // Every table sized for its maximum and touched now, at start-up, so that the operating
+        // system's first-touch page faults are not paid on the hot path (static allocation, as a
+        // node would do). Touching only the records once left the links and statuses to fault a
+        // page in as they grew: with transparent huge pages, 2 MiB zeroed on the business-logic
+        // thread every 262,144 transfers, about 5% of its time under load.
+        ledger.reserve(accounts_max, transfers_max);
         ledger
     }
 
@@ -536,7 +525,7 @@ impl Ledger {
         };
         reserve_touched(&mut self.transfer_links, transfers, links);
         self.transfer_indexes.reserve(transfers);
-        self.pending_statuses.reserve_exact(transfers);
+        self.pending_statuses.reserve_touched(transfers);
     }
 
     /// Takes `storage` (prepared, possibly on another thread, by `TransferStorage::prepare`) as
