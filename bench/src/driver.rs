@@ -49,7 +49,7 @@ pub(crate) enum Attempt {
 
 /// A system under test, one per connection.
 pub(crate) trait Backend: Send + 'static {
-    fn submit(&mut self, transfers: &[Transfer]) -> impl Future<Output = Attempt> + Send;
+    fn submit(&mut self, transfers: &Arc<Vec<Transfer>>) -> impl Future<Output = Attempt> + Send;
 }
 
 /// How a run sends.

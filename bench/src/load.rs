@@ -7,6 +7,7 @@
 //! the file and the printed line leaves those two out.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -366,6 +367,16 @@ async fn post_binary(client: &mut Client, path: &str, body: &[u8]) -> anyhow::Re
     anyhow::bail!("POST {path}: no answer after {ATTEMPTS_MAX} attempts")
 }
 
+/// A batch's transfers as a request body's bytes, shared with the batch (kept for the answer and
+/// for resends), not copied.
+struct TransferBytes(Arc<Vec<Transfer>>);
+
+impl AsRef<[u8]> for TransferBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
 /// Tally over HTTP, one connection.
 pub(crate) struct TallyBackend {
     pub(crate) client: Client,
@@ -373,11 +384,11 @@ pub(crate) struct TallyBackend {
 }
 
 impl Backend for TallyBackend {
-    async fn submit(&mut self, transfers: &[Transfer]) -> Attempt {
+    async fn submit(&mut self, transfers: &Arc<Vec<Transfer>>) -> Attempt {
         let (content_type, body) = match self.mode {
             Mode::Binary => (
                 http::CONTENT_TYPE_BINARY,
-                Bytes::copy_from_slice(transfers.as_bytes()),
+                Bytes::from_owner(TransferBytes(Arc::clone(transfers))),
             ),
             Mode::Json | Mode::Single => (
                 http::CONTENT_TYPE_JSON,

@@ -8,6 +8,7 @@
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -403,7 +404,7 @@ impl PostgresBackend {
 }
 
 impl Backend for PostgresBackend {
-    async fn submit(&mut self, transfers: &[Transfer]) -> Attempt {
+    async fn submit(&mut self, transfers: &Arc<Vec<Transfer>>) -> Attempt {
         match self.call(transfers).await {
             Ok(codes) => Attempt::Answered(codes),
             Err(error) => match error.code() {

@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use rand::rngs::SmallRng;
 use rand::Rng;
@@ -182,11 +183,18 @@ pub(crate) enum Expect {
     Retry { original: u32 },
 }
 
-/// One request's events.
-#[derive(Default)]
+/// One request's events. The transfers are shared, not copied, with the request body that
+/// carries them (`Bytes::from_owner`): a batch of 8189 is a megabyte.
 pub(crate) struct Batch {
-    pub(crate) transfers: Vec<Transfer>,
+    pub(crate) transfers: Arc<Vec<Transfer>>,
     pub(crate) expects: Vec<Expect>,
+}
+
+/// A batch being made.
+#[derive(Default)]
+struct BatchBuilder {
+    transfers: Vec<Transfer>,
+    expects: Vec<Expect>,
 }
 
 /// What the answers to a connection's batches added up to.
@@ -221,22 +229,32 @@ impl Outcome {
     }
 }
 
-/// A uniform random sample of acknowledged transfers (reservoir sampling, algorithm R).
+/// A uniform random sample of acknowledged transfers: reservoir sampling with Li's algorithm L,
+/// which draws how many transfers to skip before the next one kept, so that a transfer not kept
+/// (nearly all of them, at millions a second) costs a compare, not a random draw.
 pub(crate) struct Sampler {
     capacity: usize,
     seen: u64,
     pub(crate) transfers: Vec<Transfer>,
     random: SmallRng,
+    /// The largest of `capacity` uniform keys, as in the algorithm: shrinks as transfers are kept.
+    w: f64,
+    /// The `seen` count at which the next transfer is kept.
+    next: u64,
 }
 
 impl Sampler {
     pub(crate) fn new(capacity: usize, seed: u64) -> Sampler {
-        Sampler {
+        let mut sampler = Sampler {
             capacity,
             seen: 0,
             transfers: Vec::with_capacity(capacity.min(1 << 16)),
             random: SmallRng::seed_from_u64(seed),
-        }
+            w: 1.0,
+            next: capacity as u64,
+        };
+        sampler.shrink_w();
+        sampler
     }
 
     pub(crate) fn seen(&self) -> u64 {
@@ -247,12 +265,40 @@ impl Sampler {
         self.seen += 1;
         if self.transfers.len() < self.capacity {
             self.transfers.push(*transfer);
+            if self.transfers.len() == self.capacity {
+                self.skip();
+            }
             return;
         }
-        let slot = self.random.gen_range(0..self.seen);
-        if slot < self.capacity as u64 {
-            self.transfers[slot as usize] = *transfer;
+        if self.seen == self.next {
+            let slot = self.random.gen_range(0..self.capacity);
+            self.transfers[slot] = *transfer;
+            self.shrink_w();
+            self.skip();
         }
+    }
+
+    /// A uniform draw in (0, 1]: the logarithms below must be finite.
+    fn unit(&mut self) -> f64 {
+        1.0 - self.random.gen::<f64>()
+    }
+
+    fn shrink_w(&mut self) {
+        if self.capacity > 0 {
+            self.w *= (self.unit().ln() / self.capacity as f64).exp();
+        }
+    }
+
+    /// Sets `next` past the transfers to skip: geometric with success probability `w`.
+    fn skip(&mut self) {
+        let skipped = (self.unit().ln() / (1.0 - self.w).ln()).floor();
+        // `w` near 1 (a reservoir barely full) gives a skip near 0; near 0, a skip beyond any run.
+        let skipped = if skipped.is_finite() && skipped >= 0.0 {
+            skipped.min(u64::MAX as f64 / 2.0) as u64
+        } else {
+            u64::MAX / 2
+        };
+        self.next = self.seen.saturating_add(skipped).saturating_add(1);
     }
 
     /// At most `capacity` transfers drawn from every sampler in proportion to what each saw:
@@ -318,7 +364,7 @@ impl Generator {
     pub(crate) fn next_batch(&mut self, events_max: usize, operations_max: usize) -> Batch {
         assert!(events_max >= 2, "a linked move needs two events");
         assert!(operations_max >= 1);
-        let mut batch = Batch::default();
+        let mut batch = BatchBuilder::default();
         let mut operations = 0;
         while operations < operations_max && batch.transfers.len() + 2 <= events_max {
             self.push_operation(&mut batch);
@@ -330,7 +376,10 @@ impl Generator {
         }
         assert!(!batch.transfers.is_empty() && batch.transfers.len() <= events_max);
         assert_eq!(batch.transfers.len(), batch.expects.len());
-        batch
+        Batch {
+            transfers: Arc::new(batch.transfers),
+            expects: batch.expects,
+        }
     }
 
     fn next_id(&mut self) -> u128 {
@@ -339,7 +388,7 @@ impl Generator {
         id
     }
 
-    fn push_operation(&mut self, batch: &mut Batch) {
+    fn push_operation(&mut self, batch: &mut BatchBuilder) {
         match self.workload {
             Workload::Uniform | Workload::Burst | Workload::Hot | Workload::TwoPhase => {
                 self.push_single(batch)
@@ -349,7 +398,7 @@ impl Generator {
     }
 
     /// An operation of exactly one event.
-    fn push_single(&mut self, batch: &mut Batch) {
+    fn push_single(&mut self, batch: &mut BatchBuilder) {
         match self.workload {
             Workload::Uniform | Workload::Burst => {
                 let (debit, credit) = self.distinct_pair(1, self.layout.accounts_count);
@@ -384,7 +433,7 @@ impl Generator {
         (debit, credit)
     }
 
-    fn push_plain(&mut self, batch: &mut Batch, debit: u64, credit: u64) {
+    fn push_plain(&mut self, batch: &mut BatchBuilder, debit: u64, credit: u64) {
         let amount = self.random.gen_range(1..=AMOUNT_MAX);
         let transfer = Transfer {
             id: self.next_id(),
@@ -399,7 +448,7 @@ impl Generator {
         batch.expects.push(Expect::Fresh);
     }
 
-    fn push_two_phase(&mut self, batch: &mut Batch) {
+    fn push_two_phase(&mut self, batch: &mut BatchBuilder) {
         let resolve = self.pending.len() >= PENDING_QUEUE_MAX
             || (!self.pending.is_empty() && self.random.gen_bool(0.5));
         if resolve {
@@ -455,7 +504,7 @@ impl Generator {
         self.wallet(user, wallet)
     }
 
-    fn push_wallet_operation(&mut self, batch: &mut Batch) {
+    fn push_wallet_operation(&mut self, batch: &mut BatchBuilder) {
         let roll = self.random.gen_range(0..1000);
         if roll < RETRY_PER_MILLE && !self.recent.is_empty() {
             let index = self.random.gen_range(0..self.recent.len());
@@ -471,7 +520,7 @@ impl Generator {
         }
     }
 
-    fn push_deposit(&mut self, batch: &mut Batch) {
+    fn push_deposit(&mut self, batch: &mut BatchBuilder) {
         let wallet = self.random_wallet();
         let transfer = Transfer {
             id: self.next_id(),
@@ -486,7 +535,7 @@ impl Generator {
         batch.expects.push(Expect::Fresh);
     }
 
-    fn push_withdrawal(&mut self, batch: &mut Batch) {
+    fn push_withdrawal(&mut self, batch: &mut BatchBuilder) {
         let wallet = self.random_wallet();
         let transfer = Transfer {
             id: self.next_id(),
@@ -503,7 +552,7 @@ impl Generator {
 
     /// A move between two wallets of one user and its fee to the operator, linked: both or
     /// neither.
-    fn push_move(&mut self, batch: &mut Batch) {
+    fn push_move(&mut self, batch: &mut BatchBuilder) {
         let user = self.random.gen_range(0..self.users_count());
         let from = self.random.gen_range(0..WALLETS_PER_USER);
         let mut to = self.random.gen_range(0..WALLETS_PER_USER - 1);
@@ -717,7 +766,7 @@ mod tests {
                 for _ in 0..20 {
                     let batch = generator.next_batch(100, usize::MAX);
                     assert_eq!(batch.transfers.len(), 100);
-                    for transfer in &batch.transfers {
+                    for transfer in batch.transfers.iter() {
                         assert!(seen.insert(transfer.id), "{workload:?} repeated an id");
                         assert_eq!((transfer.id >> 64) as u64, layout.prefix);
                         assert_ne!(transfer.debit_account_id, transfer.credit_account_id);
@@ -755,7 +804,7 @@ mod tests {
         let mut total = Outcome::default();
         for _ in 0..50 {
             let batch = generator.next_batch(64, usize::MAX);
-            for transfer in &batch.transfers {
+            for transfer in batch.transfers.iter() {
                 if transfer.has_flag(TransferFlags::PENDING) {
                     assert_eq!(transfer.pending_id, 0);
                 } else {
@@ -768,7 +817,7 @@ mod tests {
                 }
             }
             total.merge(&answer_all(&mut generator, &batch, 0));
-            for transfer in &batch.transfers {
+            for transfer in batch.transfers.iter() {
                 if transfer.has_flag(TransferFlags::PENDING) {
                     acknowledged.insert(transfer.id, *transfer);
                 }
@@ -886,6 +935,41 @@ mod tests {
         let exists = vec![CreateTransferResult::Exists.code(); 10];
         generator.acknowledge(&batch, &exists, true, &mut resent, &mut sampler);
         assert_eq!(resent.transfers_ok, 10);
+    }
+
+    #[test]
+    fn sampler_is_uniform_over_what_it_saw() {
+        // 200 reservoirs of 100 out of 10,000 transfers each: every tenth of the stream should
+        // hold a tenth of the 20,000 kept (2,000; a standard deviation is about 42).
+        let mut deciles = [0u32; 10];
+        for seed in 0..200 {
+            let mut sampler = Sampler::new(100, seed);
+            for id in 0..10_000u128 {
+                sampler.offer(&Transfer {
+                    id,
+                    ..Transfer::default()
+                });
+            }
+            assert_eq!(sampler.seen(), 10_000);
+            assert_eq!(sampler.transfers.len(), 100);
+            let mut ids: Vec<u128> = sampler
+                .transfers
+                .iter()
+                .map(|transfer| transfer.id)
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            assert_eq!(ids.len(), 100, "a transfer kept twice");
+            for id in ids {
+                deciles[(id / 1_000) as usize] += 1;
+            }
+        }
+        for (decile, count) in deciles.iter().enumerate() {
+            assert!(
+                (1_800..=2_200).contains(count),
+                "decile {decile}: {count} of 20,000"
+            );
+        }
     }
 
     #[test]
