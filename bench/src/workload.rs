@@ -43,7 +43,7 @@ pub(crate) const PENDING_QUEUE_MAX: usize = 100_000;
 /// `wallets`: answered deposits and withdrawals kept for retries, per connection.
 pub(crate) const RECENT_MAX: usize = 1024;
 /// Largest transfer amount of `uniform`, `hot`, `two-phase` and `burst`.
-pub(crate) const AMOUNT_MAX: u128 = 1000;
+pub(crate) const AMOUNT_MAX: u64 = 1000;
 /// Ledger of every account a run creates.
 pub(crate) const LEDGER: u32 = 1;
 /// Transfer code (reason) of the set-up funding and of plain transfers.
@@ -188,6 +188,33 @@ pub(crate) enum Expect {
 pub(crate) struct Batch {
     pub(crate) transfers: Arc<Vec<Transfer>>,
     pub(crate) expects: Vec<Expect>,
+    /// For a batch of fresh transfers that nothing needs to remember once applied (no pending
+    /// transfer, no deposit or withdrawal to retry): their money, summed as the batch was made,
+    /// so that a batch answered all `ok` is counted without reading its megabyte again.
+    plain: Option<Money>,
+}
+
+/// Amounts moved by transfers, by kind (see `Outcome`).
+#[derive(Default, Clone, Copy, Debug, PartialEq)]
+struct Money {
+    posted: u128,
+    pending_reserved: u128,
+    pending_released: u128,
+}
+
+impl Money {
+    fn count(&mut self, transfer: &Transfer) {
+        if transfer.has_flag(TransferFlags::PENDING) {
+            self.pending_reserved += transfer.amount;
+        } else if transfer.has_flag(TransferFlags::POST_PENDING_TRANSFER) {
+            self.pending_released += transfer.amount;
+            self.posted += transfer.amount;
+        } else if transfer.has_flag(TransferFlags::VOID_PENDING_TRANSFER) {
+            self.pending_released += transfer.amount;
+        } else {
+            self.posted += transfer.amount;
+        }
+    }
 }
 
 /// A batch being made.
@@ -216,6 +243,12 @@ pub(crate) struct Outcome {
 }
 
 impl Outcome {
+    fn add_money(&mut self, money: &Money) {
+        self.posted_amount += money.posted;
+        self.pending_reserved_amount += money.pending_reserved;
+        self.pending_released_amount += money.pending_released;
+    }
+
     pub(crate) fn merge(&mut self, other: &Outcome) {
         self.transfers_ok += other.transfers_ok;
         for (code, count) in &other.results {
@@ -275,6 +308,31 @@ impl Sampler {
             self.transfers[slot] = *transfer;
             self.shrink_w();
             self.skip();
+        }
+    }
+
+    /// `offer` of each of `transfers` in turn, touching only those kept.
+    pub(crate) fn offer_all(&mut self, transfers: &[Transfer]) {
+        if self.capacity == 0 {
+            self.seen += transfers.len() as u64;
+            return;
+        }
+        let mut rest = transfers;
+        while let Some((first, tail)) = rest.split_first() {
+            if self.transfers.len() < self.capacity {
+                self.offer(first);
+                rest = tail;
+                continue;
+            }
+            // The next transfer kept is this many ahead (1: the first of `rest`).
+            let ahead = self.next - self.seen;
+            if ahead > rest.len() as u64 {
+                self.seen += rest.len() as u64;
+                return;
+            }
+            self.seen += ahead - 1;
+            self.offer(&rest[ahead as usize - 1]);
+            rest = &rest[ahead as usize..];
         }
     }
 
@@ -376,9 +434,19 @@ impl Generator {
         }
         assert!(!batch.transfers.is_empty() && batch.transfers.len() <= events_max);
         assert_eq!(batch.transfers.len(), batch.expects.len());
+        let mut plain = Some(Money::default());
+        for (transfer, expect) in batch.transfers.iter().zip(&batch.expects) {
+            let Some(money) = &mut plain else { break };
+            if *expect != Expect::Fresh || self.remembers(transfer) {
+                plain = None;
+            } else {
+                money.count(transfer);
+            }
+        }
         Batch {
             transfers: Arc::new(batch.transfers),
             expects: batch.expects,
+            plain,
         }
     }
 
@@ -434,7 +502,7 @@ impl Generator {
     }
 
     fn push_plain(&mut self, batch: &mut BatchBuilder, debit: u64, credit: u64) {
-        let amount = self.random.gen_range(1..=AMOUNT_MAX);
+        let amount = u128::from(self.random.gen_range(1..=AMOUNT_MAX));
         let transfer = Transfer {
             id: self.next_id(),
             debit_account_id: self.layout.account_id(debit),
@@ -474,7 +542,7 @@ impl Generator {
             return;
         }
         let (debit, credit) = self.distinct_pair(1, self.layout.accounts_count);
-        let amount = self.random.gen_range(1..=AMOUNT_MAX);
+        let amount = u128::from(self.random.gen_range(1..=AMOUNT_MAX));
         let transfer = Transfer {
             id: self.next_id(),
             debit_account_id: self.layout.account_id(debit),
@@ -526,7 +594,7 @@ impl Generator {
             id: self.next_id(),
             debit_account_id: self.layout.account_id(0),
             credit_account_id: self.layout.account_id(wallet),
-            amount: self.random.gen_range(1_000..=10_000),
+            amount: u128::from(self.random.gen_range(1_000..=10_000u64)),
             ledger: LEDGER,
             code: CODE_DEPOSIT,
             ..Transfer::default()
@@ -541,7 +609,7 @@ impl Generator {
             id: self.next_id(),
             debit_account_id: self.layout.account_id(wallet),
             credit_account_id: self.layout.account_id(0),
-            amount: self.random.gen_range(100..=2_000),
+            amount: u128::from(self.random.gen_range(100..=2_000u64)),
             ledger: LEDGER,
             code: CODE_WITHDRAWAL,
             ..Transfer::default()
@@ -561,8 +629,8 @@ impl Generator {
         }
         let from = self.layout.account_id(self.wallet(user, from));
         let to = self.layout.account_id(self.wallet(user, to));
-        let amount = self.random.gen_range(100..=1_000);
-        let fee = self.random.gen_range(1..=10);
+        let amount = u128::from(self.random.gen_range(100..=1_000u64));
+        let fee = u128::from(self.random.gen_range(1..=10u64));
         batch.transfers.push(Transfer {
             id: self.next_id(),
             debit_account_id: from,
@@ -603,6 +671,14 @@ impl Generator {
         for run in codes.chunk_by(|left, right| left == right) {
             *outcome.results.entry(run[0]).or_default() += run.len() as u64;
         }
+        if let Some(money) = &batch.plain {
+            if codes.iter().all(|code| *code == ok) {
+                outcome.transfers_ok += codes.len() as u64;
+                outcome.add_money(money);
+                sampler.offer_all(&batch.transfers);
+                return;
+            }
+        }
         for ((transfer, expect), &code) in batch.transfers.iter().zip(&batch.expects).zip(codes) {
             match *expect {
                 Expect::Retry { original } => {
@@ -615,7 +691,9 @@ impl Generator {
                     let applied = code == ok || (resent && code == exists);
                     if applied {
                         outcome.transfers_ok += 1;
-                        self.count_money(transfer, outcome);
+                        let mut money = Money::default();
+                        money.count(transfer);
+                        outcome.add_money(&money);
                         sampler.offer(transfer);
                     }
                     self.remember(transfer, code, applied);
@@ -624,26 +702,21 @@ impl Generator {
         }
     }
 
-    fn count_money(&mut self, transfer: &Transfer, outcome: &mut Outcome) {
-        if transfer.has_flag(TransferFlags::PENDING) {
-            outcome.pending_reserved_amount += transfer.amount;
-        } else if transfer.has_flag(TransferFlags::POST_PENDING_TRANSFER) {
-            outcome.pending_released_amount += transfer.amount;
-            outcome.posted_amount += transfer.amount;
-        } else if transfer.has_flag(TransferFlags::VOID_PENDING_TRANSFER) {
-            outcome.pending_released_amount += transfer.amount;
-        } else {
-            outcome.posted_amount += transfer.amount;
-        }
+    /// Whether `remember` keeps anything of `transfer` once answered.
+    fn remembers(&self, transfer: &Transfer) -> bool {
+        transfer.has_flag(TransferFlags::PENDING) || self.retriable(transfer)
+    }
+
+    fn retriable(&self, transfer: &Transfer) -> bool {
+        self.workload == Workload::Wallets
+            && (transfer.code == CODE_DEPOSIT || transfer.code == CODE_WITHDRAWAL)
     }
 
     fn remember(&mut self, transfer: &Transfer, code: u32, applied: bool) {
         if applied && transfer.has_flag(TransferFlags::PENDING) {
             self.pending.push_back(*transfer);
         }
-        let retriable = self.workload == Workload::Wallets
-            && (transfer.code == CODE_DEPOSIT || transfer.code == CODE_WITHDRAWAL);
-        if retriable {
+        if self.retriable(transfer) {
             if self.recent.len() == RECENT_MAX {
                 self.recent.pop_front();
             }
@@ -770,7 +843,7 @@ mod tests {
                         assert!(seen.insert(transfer.id), "{workload:?} repeated an id");
                         assert_eq!((transfer.id >> 64) as u64, layout.prefix);
                         assert_ne!(transfer.debit_account_id, transfer.credit_account_id);
-                        assert!(transfer.amount >= 1 && transfer.amount <= AMOUNT_MAX);
+                        assert!(transfer.amount >= 1 && transfer.amount <= u128::from(AMOUNT_MAX));
                         assert_eq!(transfer.ledger, LEDGER);
                     }
                     answer_all(&mut generator, &batch, 0);
@@ -969,6 +1042,66 @@ mod tests {
                 (1_800..=2_200).contains(count),
                 "decile {decile}: {count} of 20,000"
             );
+        }
+    }
+
+    #[test]
+    fn offering_a_slice_keeps_what_offering_one_by_one_keeps() {
+        let transfers: Vec<Transfer> = (1..=50_000u128)
+            .map(|id| Transfer {
+                id,
+                ..Transfer::default()
+            })
+            .collect();
+        for capacity in [0, 1, 7, 1_000, 60_000] {
+            let mut one_by_one = Sampler::new(capacity, 5);
+            let mut sliced = Sampler::new(capacity, 5);
+            for chunk in transfers.chunks(997) {
+                chunk.iter().for_each(|transfer| one_by_one.offer(transfer));
+                sliced.offer_all(chunk);
+                assert_eq!(one_by_one.seen(), sliced.seen());
+            }
+            let ids = |sampler: &Sampler| -> Vec<u128> {
+                sampler
+                    .transfers
+                    .iter()
+                    .map(|transfer| transfer.id)
+                    .collect()
+            };
+            assert_eq!(ids(&one_by_one), ids(&sliced), "capacity {capacity}");
+            assert_eq!(sliced.transfers.len(), capacity.min(50_000));
+        }
+    }
+
+    #[test]
+    fn a_plain_batch_answered_ok_counts_as_one_by_one() {
+        for workload in [Workload::Uniform, Workload::TwoPhase, Workload::Wallets] {
+            let mut generator = Generator::new(workload, layout(), 1, 17);
+            for _ in 0..20 {
+                let batch = generator.next_batch(100, usize::MAX);
+                let mut expected = Money::default();
+                batch
+                    .transfers
+                    .iter()
+                    .for_each(|transfer| expected.count(transfer));
+                let codes = vec![CreateTransferResult::Ok.code(); batch.transfers.len()];
+                let mut outcome = Outcome::default();
+                let mut sampler = Sampler::new(10, 1);
+                let fresh = batch.expects.iter().all(|expect| *expect == Expect::Fresh);
+                generator.acknowledge(&batch, &codes, false, &mut outcome, &mut sampler);
+                if fresh {
+                    assert_eq!(outcome.transfers_ok, batch.transfers.len() as u64);
+                    assert_eq!(outcome.posted_amount, expected.posted);
+                    assert_eq!(outcome.pending_reserved_amount, expected.pending_reserved);
+                    assert_eq!(outcome.pending_released_amount, expected.pending_released);
+                }
+                if workload == Workload::Uniform {
+                    assert!(batch.plain.is_some());
+                }
+                if workload == Workload::TwoPhase {
+                    assert!(batch.plain.is_none(), "pending transfers are remembered");
+                }
+            }
         }
     }
 
