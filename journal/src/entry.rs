@@ -181,7 +181,19 @@ mod field {
 
 /// Appends the whole on-disk record of `entry` (header, payload, zero padding) to `out`.
 pub(crate) fn encode_record(entry: &Entry, out: &mut Vec<u8>) {
-    let start = out.len();
+    let (header, padding) = encode_record_header(entry);
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&entry.payload);
+    out.extend_from_slice(&RECORD_PADDING[..padding]);
+}
+
+/// Zero bytes, as many as a record's padding can hold.
+pub(crate) const RECORD_PADDING: [u8; ENTRY_ALIGNMENT] = [0; ENTRY_ALIGNMENT];
+
+/// The header of `entry`'s record, checksum included, and how many zero bytes follow its payload:
+/// the record is these three pieces in order, for a writer that gathers them (`pwritev`) instead
+/// of copying the payload.
+pub(crate) fn encode_record_header(entry: &Entry) -> ([u8; ENTRY_HEADER_SIZE], usize) {
     let mut header = [0u8; ENTRY_HEADER_SIZE];
     header[field::MAGIC..field::MAGIC + 4].copy_from_slice(&ENTRY_MAGIC);
     header[field::VERSION..field::VERSION + 2].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -197,14 +209,13 @@ pub(crate) fn encode_record(entry: &Entry, out: &mut Vec<u8>) {
     let payload_len =
         u32::try_from(entry.payload.len()).expect("payload validated before encoding");
     header[field::PAYLOAD_LEN..field::PAYLOAD_LEN + 4].copy_from_slice(&payload_len.to_le_bytes());
-    out.extend_from_slice(&header);
-    out.extend_from_slice(&entry.payload);
-    out.resize(start + entry.record_size(), 0);
-    let crc = crc32c::crc32c_append(
-        crc32c::crc32c(&out[start..start + field::CRC]),
-        &out[start + ENTRY_HEADER_SIZE..],
-    );
-    out[start + field::CRC..start + field::CRC + 4].copy_from_slice(&crc.to_le_bytes());
+    let padding = entry.record_size() - ENTRY_HEADER_SIZE - entry.payload.len();
+    assert!(padding < ENTRY_ALIGNMENT);
+    let crc = crc32c::crc32c(&header[..field::CRC]);
+    let crc = crc32c::crc32c_append(crc, &entry.payload);
+    let crc = crc32c::crc32c_append(crc, &RECORD_PADDING[..padding]);
+    header[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_le_bytes());
+    (header, padding)
 }
 
 /// The fields of a header whose magic matched; nothing else is checked yet.

@@ -14,13 +14,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::entry::{
-    check_header, decode_parts, encode_record, record_size, u16_at, u32_at, u64_at, verify_record,
-    Header, RecordFault, Verified, ENTRY_MAGIC,
+    check_header, decode_parts, encode_record, encode_record_header, record_size, u16_at, u32_at,
+    u64_at, verify_record, Header, RecordFault, Verified, ENTRY_MAGIC, RECORD_PADDING,
 };
 use crate::error::{Error, Result};
 use crate::limits::{
-    ENTRY_ALIGNMENT, ENTRY_HEADER_SIZE, FORMAT_VERSION, SCAN_WINDOW_SIZE, SEGMENT_HEADER_SIZE,
-    SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN, WRITE_BUFFER_SIZE,
+    ENTRY_ALIGNMENT, ENTRY_HEADER_SIZE, FORMAT_VERSION, GATHERED_PAYLOAD_MIN, SCAN_WINDOW_SIZE,
+    SEGMENT_HEADER_SIZE, SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN,
+    WRITE_BUFFER_SIZE,
 };
 use crate::record::AtomicRecord;
 use crate::storage::{read_at_zero_filled, Storage, StorageFile};
@@ -798,8 +799,15 @@ impl Journal {
             let offset = segment.end_offset + self.write_buffer.len() as u64;
             self.buffered_offsets
                 .push(u32::try_from(offset).expect("segment size fits u32"));
-            encode_record(entry, &mut self.write_buffer);
             self.buffered_last = Some(entry.id);
+            if entry.payload.len() >= GATHERED_PAYLOAD_MIN {
+                // Its header joins the buffer; the payload is written from where it is.
+                let (header, padding) = encode_record_header(entry);
+                self.write_buffer.extend_from_slice(&header);
+                self.flush_buffer_with(&[&entry.payload, &RECORD_PADDING[..padding]])?;
+            } else {
+                encode_record(entry, &mut self.write_buffer);
+            }
         }
         self.flush_buffer()
     }
@@ -840,22 +848,36 @@ impl Journal {
     }
 
     fn flush_buffer(&mut self) -> Result<()> {
+        self.flush_buffer_with(&[])
+    }
+
+    /// Writes the buffer and then `tail` (the rest of the last buffered record) in one call.
+    fn flush_buffer_with(&mut self, tail: &[&[u8]]) -> Result<()> {
         if self.write_buffer.is_empty() {
+            assert!(tail.is_empty(), "a record's tail follows its header");
             return Ok(());
         }
         let segment = self
             .segments
             .last()
             .expect("buffered entries have a segment");
-        if let Err(error) = segment
-            .file
-            .write_at(&self.write_buffer, segment.end_offset)
-        {
+        let written = if tail.is_empty() {
+            segment
+                .file
+                .write_at(&self.write_buffer, segment.end_offset)
+        } else {
+            let mut pieces: Vec<&[u8]> = Vec::with_capacity(1 + tail.len());
+            pieces.push(&self.write_buffer);
+            pieces.extend_from_slice(tail);
+            segment.file.write_vectored_at(&pieces, segment.end_offset)
+        };
+        if let Err(error) = written {
             return Err(self.poison("write", &segment.path, error));
         }
+        let tail_len: usize = tail.iter().map(|piece| piece.len()).sum();
         let segment = self.segments.last_mut().expect("checked above");
         segment.offsets.append(&mut self.buffered_offsets);
-        segment.end_offset += self.write_buffer.len() as u64;
+        segment.end_offset += (self.write_buffer.len() + tail_len) as u64;
         self.last = self.buffered_last.take();
         self.write_buffer.clear();
         Ok(())

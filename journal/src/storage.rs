@@ -38,6 +38,16 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
     /// Writes all of `buf` at `offset`, extending the file if needed.
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `bufs`, one after the other, from `offset`: as `write_at` of their
+    /// concatenation, without making it. The default writes each in turn.
+    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        let mut offset = offset;
+        for buf in bufs {
+            self.write_at(buf, offset)?;
+            offset += buf.len() as u64;
+        }
+        Ok(())
+    }
     fn len(&self) -> io::Result<u64>;
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// `fdatasync`: data and the metadata needed to read it back (size).
@@ -146,6 +156,29 @@ impl StorageFile for FsFile {
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.0.write_all_at(buf, offset)
+    }
+
+    /// `pwritev`, again for what a short write left.
+    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        let mut slices: Vec<io::IoSlice<'_>> = bufs
+            .iter()
+            .filter(|buf| !buf.is_empty())
+            .map(|buf| io::IoSlice::new(buf))
+            .collect();
+        let mut slices = &mut slices[..];
+        let mut offset = offset;
+        while !slices.is_empty() {
+            match rustix::io::pwritev(&self.0, slices, offset) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => {
+                    offset += written as u64;
+                    io::IoSlice::advance_slices(&mut slices, written);
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(())
     }
 
     fn len(&self) -> io::Result<u64> {

@@ -473,6 +473,56 @@ fn real_filesystem_round_trip() {
     );
 }
 
+/// Entries of every size, large ones (whose payloads are gathered into the write, not copied
+/// into the buffer) between small ones, a few to a segment.
+fn entries_large_and_small(random: &mut SplitMix64, count: u64) -> Vec<Entry> {
+    (0..count)
+        .map(|index| {
+            if random.below(3) == 0 {
+                random_entry(random, id(1, index))
+            } else {
+                let events = [1, 511, 512, 513, 2048, 8189][random.below(6) as usize];
+                let byte = random.next_u64() as u8;
+                let payload: Vec<u8> = (0..events * EVENT_SIZE)
+                    .map(|offset| byte ^ (offset as u8))
+                    .collect();
+                Entry::batch(id(1, index), 1, index, payload)
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn large_entries_round_trip_on_the_real_filesystem_and_the_simulated_disk() {
+    let options = JournalOptions {
+        segment_size: 4 * 1024 * 1024,
+    };
+    let mut random = SplitMix64::new(11);
+    let entries = entries_large_and_small(&mut random, 60);
+    assert!(entries.iter().any(|entry| entry.payload.len() >= 64 * 1024));
+    let temp = tempfile::tempdir().unwrap();
+    let disk = FaultyStorage::new(3);
+    let places: [(Arc<dyn Storage>, &Path); 2] = [
+        (FsStorage::shared(), temp.path()),
+        (disk.shared(), Path::new("/journal")),
+    ];
+    for (storage, path) in places {
+        {
+            let (mut journal, _) = Journal::open(storage.clone(), path, options.clone()).unwrap();
+            for chunk in entries.chunks(7) {
+                journal.append_all(chunk).unwrap();
+                journal.sync().unwrap();
+                // Read back at once, from the journal that wrote them.
+                assert_eq!(journal.read(chunk[0].id.index..).unwrap(), chunk);
+            }
+        }
+        let (journal, report) = Journal::open(storage, path, options.clone()).unwrap();
+        assert_eq!(report.torn_tail, None);
+        assert!(report.segment_count > 1, "the entries span several segments");
+        assert_eq!(read_all(&journal), entries);
+    }
+}
+
 #[test]
 fn real_filesystem_torn_tail_is_cut() {
     let temp = tempfile::tempdir().unwrap();
