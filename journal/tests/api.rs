@@ -518,7 +518,10 @@ fn large_entries_round_trip_on_the_real_filesystem_and_the_simulated_disk() {
         }
         let (journal, report) = Journal::open(storage, path, options.clone()).unwrap();
         assert_eq!(report.torn_tail, None);
-        assert!(report.segment_count > 1, "the entries span several segments");
+        assert!(
+            report.segment_count > 1,
+            "the entries span several segments"
+        );
         assert_eq!(read_all(&journal), entries);
     }
 }
