@@ -203,6 +203,12 @@ struct Money {
 }
 
 impl Money {
+    fn of(transfers: &[Transfer]) -> Money {
+        let mut money = Money::default();
+        transfers.iter().for_each(|transfer| money.count(transfer));
+        money
+    }
+
     fn count(&mut self, transfer: &Transfer) {
         if transfer.has_flag(TransferFlags::PENDING) {
             self.pending_reserved += transfer.amount;
@@ -284,7 +290,8 @@ impl Sampler {
             transfers: Vec::with_capacity(capacity.min(1 << 16)),
             random: SmallRng::seed_from_u64(seed),
             w: 1.0,
-            next: capacity as u64,
+            // Set when the reservoir fills; a reservoir of none never keeps anything.
+            next: if capacity == 0 { u64::MAX } else { 0 },
         };
         sampler.shrink_w();
         sampler
@@ -313,10 +320,6 @@ impl Sampler {
 
     /// `offer` of each of `transfers` in turn, touching only those kept.
     pub(crate) fn offer_all(&mut self, transfers: &[Transfer]) {
-        if self.capacity == 0 {
-            self.seen += transfers.len() as u64;
-            return;
-        }
         let mut rest = transfers;
         while let Some((first, tail)) = rest.split_first() {
             if self.transfers.len() < self.capacity {
@@ -434,15 +437,12 @@ impl Generator {
         }
         assert!(!batch.transfers.is_empty() && batch.transfers.len() <= events_max);
         assert_eq!(batch.transfers.len(), batch.expects.len());
-        let mut plain = Some(Money::default());
-        for (transfer, expect) in batch.transfers.iter().zip(&batch.expects) {
-            let Some(money) = &mut plain else { break };
-            if *expect != Expect::Fresh || self.remembers(transfer) {
-                plain = None;
-            } else {
-                money.count(transfer);
-            }
-        }
+        let plain = batch
+            .transfers
+            .iter()
+            .zip(&batch.expects)
+            .all(|(transfer, expect)| *expect == Expect::Fresh && !self.remembers(transfer))
+            .then(|| Money::of(&batch.transfers));
         Batch {
             transfers: Arc::new(batch.transfers),
             expects: batch.expects,
@@ -679,6 +679,7 @@ impl Generator {
                 return;
             }
         }
+        let mut money = Money::default();
         for ((transfer, expect), &code) in batch.transfers.iter().zip(&batch.expects).zip(codes) {
             match *expect {
                 Expect::Retry { original } => {
@@ -691,15 +692,14 @@ impl Generator {
                     let applied = code == ok || (resent && code == exists);
                     if applied {
                         outcome.transfers_ok += 1;
-                        let mut money = Money::default();
                         money.count(transfer);
-                        outcome.add_money(&money);
                         sampler.offer(transfer);
                     }
                     self.remember(transfer, code, applied);
                 }
             }
         }
+        outcome.add_money(&money);
     }
 
     /// Whether `remember` keeps anything of `transfer` once answered.
@@ -1079,11 +1079,7 @@ mod tests {
             let mut generator = Generator::new(workload, layout(), 1, 17);
             for _ in 0..20 {
                 let batch = generator.next_batch(100, usize::MAX);
-                let mut expected = Money::default();
-                batch
-                    .transfers
-                    .iter()
-                    .for_each(|transfer| expected.count(transfer));
+                let expected = Money::of(&batch.transfers);
                 let codes = vec![CreateTransferResult::Ok.code(); batch.transfers.len()];
                 let mut outcome = Outcome::default();
                 let mut sampler = Sampler::new(10, 1);
