@@ -56,6 +56,9 @@ fn every_endpoint_works_and_every_bad_input_is_explained() {
         "tally_http_request_seconds_bucket{",
         "tally_batch_events_bucket",
         "tally_commit_apply_seconds_bucket",
+        "tally_journal_durable_seconds_bucket",
+        "tally_apply_wait_seconds_bucket",
+        "tally_apply_seconds_bucket",
     ] {
         assert!(
             metrics.contains(needle),

@@ -56,6 +56,9 @@ struct Shared {
 struct FlushRequest {
     ticket: SyncTicket,
     callback: IOFlushed<TypeConfig>,
+    /// When openraft handed these entries over: `tally_journal_durable_seconds` runs from here
+    /// to the fsync that covers them (the write, the wait for the flusher, the fsync).
+    appended_at: std::time::Instant,
 }
 
 /// What the metadata record holds: the vote. (The last purged log id is kept
@@ -268,6 +271,12 @@ fn flush_group(shared: Option<&Shared>, mut waiting: Vec<FlushRequest>) {
     metrics::histogram!("tally_journal_fsync_seconds").record(started.elapsed().as_secs_f64());
     match outcome {
         Ok(durable) => {
+            let durable_at = std::time::Instant::now();
+            let appended = waiting.iter().map(|request| request.appended_at);
+            for appended_at in appended.chain([last.appended_at]) {
+                metrics::histogram!("tally_journal_durable_seconds")
+                    .record((durable_at - appended_at).as_secs_f64());
+            }
             if let Some(shared) = shared {
                 shared
                     .journal
@@ -441,6 +450,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
+        let appended_at = std::time::Instant::now();
         let entries: Vec<Entry> = entries.into_iter().collect();
         let journal_entries = entries
             .iter()
@@ -454,7 +464,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             (journal.prepare_sync(), journal.take_cold_files())
         };
         self.forget_cached_in_background(cold);
-        let request = FlushRequest { ticket, callback };
+        let request = FlushRequest {
+            ticket,
+            callback,
+            appended_at,
+        };
         match &self.shared.flusher {
             Some(flusher) => flusher
                 .send(request)
