@@ -353,6 +353,12 @@ pub(crate) fn check_header(header_bytes: &[u8]) -> Result<Verified, RecordFault>
 }
 
 fn check_header_fields(header: &Header) -> Result<Verified, RecordFault> {
+    // No format has version 0: a header torn after its magic, not a format to refuse.
+    if header.version == 0 {
+        return Err(RecordFault::Invalid(
+            "entry header without a version (torn)",
+        ));
+    }
     if header.version != FORMAT_VERSION {
         return Err(RecordFault::Version(header.version));
     }

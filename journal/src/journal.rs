@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::limits::{
     ENTRY_ALIGNMENT, ENTRY_HEADER_SIZE, FORMAT_VERSION, GATHERED_PAYLOAD_MIN, SCAN_WINDOW_SIZE,
     SEGMENT_HEADER_SIZE, SEGMENT_SIZE_DEFAULT, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN,
-    WRITE_BUFFER_SIZE,
+    SPARE_SEGMENT_BYTES_MAX, WRITE_BUFFER_SIZE,
 };
 use crate::record::AtomicRecord;
 use crate::storage::{read_at_zero_filled, Storage, StorageFile};
@@ -31,6 +31,8 @@ use crate::{Entry, EntryId};
 pub const SEGMENT_MAGIC: [u8; 4] = *b"TLYG";
 /// Suffix of segment file names: `{first_index:020}.tlog`.
 pub const SEGMENT_FILE_SUFFIX: &str = ".tlog";
+/// Suffix of a purged segment kept for reuse: `{first_index:020}.spare` (its old first index).
+pub const SPARE_FILE_SUFFIX: &str = ".spare";
 /// File name of the purge record (last purged entry id) in the journal directory.
 pub const PURGE_FILE_NAME: &str = "purged";
 const PURGE_RECORD_SIZE: usize = 24;
@@ -41,9 +43,14 @@ mod field {
     pub const VERSION: usize = 4;
     pub const FIRST_INDEX: usize = 8;
     pub const SEGMENT_SIZE: usize = 16;
-    pub const RESERVED: usize = 24;
+    pub const FLAGS: usize = 24;
+    pub const RESERVED: usize = 28;
     pub const CRC: usize = 60;
 }
+
+/// Segment header flag: the file was a purged segment before (a spare), so whatever follows its
+/// last entry is earlier contents, not zeros.
+const SEGMENT_FLAG_RECYCLED: u32 = 1;
 
 /// Options of [`Journal::open`].
 #[derive(Clone, Debug)]
@@ -194,6 +201,18 @@ pub struct Journal {
     /// Sealed, synced segments no longer among the newest two (see
     /// [`Journal::take_cold_files`]).
     cold_files: Vec<Arc<dyn StorageFile>>,
+    /// Purged segments kept, renamed, for `roll` to reuse (docs/design.md §3, "Recycled
+    /// segments"); at most `SPARE_SEGMENT_BYTES_MAX` of them.
+    spares: Vec<Spare>,
+}
+
+/// A purged segment file kept for reuse: every block of it is allocated and written, so
+/// entries written over it change no file metadata and their `fdatasync` commits nothing to
+/// the filesystem's journal.
+#[derive(Debug)]
+struct Spare {
+    path: PathBuf,
+    file: Arc<dyn StorageFile>,
 }
 
 fn segment_file_name(first_index: u64) -> String {
@@ -201,15 +220,24 @@ fn segment_file_name(first_index: u64) -> String {
 }
 
 fn parse_segment_file_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(SEGMENT_FILE_SUFFIX)?;
+    parse_numbered_name(name, SEGMENT_FILE_SUFFIX)
+}
+
+fn spare_file_name(old_first_index: u64) -> String {
+    format!("{old_first_index:020}{SPARE_FILE_SUFFIX}")
+}
+
+fn parse_numbered_name(name: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_suffix(suffix)?;
     if digits.len() != 20 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
         return None;
     }
     digits.parse().ok()
 }
 
-fn encode_segment_header(first_index: u64, size: u64) -> [u8; SEGMENT_HEADER_SIZE] {
+fn encode_segment_header(first_index: u64, size: u64, flags: u32) -> [u8; SEGMENT_HEADER_SIZE] {
     let mut header = [0u8; SEGMENT_HEADER_SIZE];
+    header[field::FLAGS..field::FLAGS + 4].copy_from_slice(&flags.to_le_bytes());
     header[field::MAGIC..field::MAGIC + 4].copy_from_slice(&SEGMENT_MAGIC);
     header[field::VERSION..field::VERSION + 2].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     header[field::FIRST_INDEX..field::FIRST_INDEX + 8].copy_from_slice(&first_index.to_le_bytes());
@@ -219,12 +247,13 @@ fn encode_segment_header(first_index: u64, size: u64) -> [u8; SEGMENT_HEADER_SIZ
     header
 }
 
-/// `Ok(Err(reason))` for a missing or damaged header, `Err` for another version.
+/// The segment's size and flags; `Ok(Err(reason))` for a missing or damaged header, `Err` for
+/// another version.
 fn check_segment_header(
     path: &Path,
     header: &[u8],
     first_index: u64,
-) -> Result<Result<u64, &'static str>> {
+) -> Result<Result<(u64, u32), &'static str>> {
     if header.iter().all(|&byte| byte == 0) {
         return Ok(Err("segment header missing"));
     }
@@ -232,6 +261,10 @@ fn check_segment_header(
         return Ok(Err("bad segment magic"));
     }
     let version = u16_at(header, field::VERSION);
+    // No format has version 0: a header torn after its magic, not a format to refuse.
+    if version == 0 {
+        return Ok(Err("segment header without a version (torn)"));
+    }
     if version != FORMAT_VERSION {
         return Err(Error::UnsupportedVersion {
             path: path.to_owned(),
@@ -248,12 +281,14 @@ fn check_segment_header(
         ));
     }
     let size = u64_at(header, field::SEGMENT_SIZE);
+    let flags = u32_at(header, field::FLAGS);
     if !(SEGMENT_SIZE_MIN..=SEGMENT_SIZE_MAX).contains(&size)
+        || flags & !SEGMENT_FLAG_RECYCLED != 0
         || header[field::RESERVED..field::CRC].iter().any(|&b| b != 0)
     {
         return Ok(Err("segment header fields out of range"));
     }
-    Ok(Ok(size))
+    Ok(Ok((size, flags)))
 }
 
 fn fault_to_error(path: &Path, offset: u64, index: u64, fault: RecordFault) -> Error {
@@ -279,6 +314,8 @@ enum Stop {
 
 struct ScannedSegment {
     size: u64,
+    /// `SEGMENT_FLAG_RECYCLED` was set: the bytes after the last entry are earlier contents.
+    recycled: bool,
     offsets: Vec<u32>,
     end_offset: u64,
     last: Option<EntryId>,
@@ -339,12 +376,13 @@ fn scan_segment(
 ) -> Result<ScannedSegment> {
     let mut header = [0u8; SEGMENT_HEADER_SIZE];
     read_at_zero_filled(file, &mut header, 0).map_err(|error| Error::io("read", path, error))?;
-    let size = match check_segment_header(path, &header, first_index)? {
-        Ok(size) => size,
+    let (size, flags) = match check_segment_header(path, &header, first_index)? {
+        Ok(checked) => checked,
         Err(reason) => {
             let size = file.len().map_err(|error| Error::io("stat", path, error))?;
             return Ok(ScannedSegment {
                 size: size.clamp(SEGMENT_SIZE_MIN, SEGMENT_SIZE_MAX),
+                recycled: false,
                 offsets: Vec::new(),
                 end_offset: SEGMENT_HEADER_SIZE as u64,
                 last: None,
@@ -354,6 +392,7 @@ fn scan_segment(
     };
     let mut scanned = ScannedSegment {
         size,
+        recycled: flags & SEGMENT_FLAG_RECYCLED != 0,
         offsets: Vec::new(),
         end_offset: SEGMENT_HEADER_SIZE as u64,
         last: None,
@@ -379,6 +418,11 @@ fn scan_segment(
                 break;
             }
         };
+        if entry.id.index < first_index {
+            // A whole entry from before this file was recycled (it was a segment that
+            // ended before this one starts): this segment's own entries end here.
+            break;
+        }
         let reason = if entry.id.index != expected {
             Some("entry index does not follow the previous entry")
         } else if previous.is_some_and(|previous| previous.term > entry.id.term) {
@@ -555,12 +599,16 @@ impl Journal {
             buffered_last: None,
             retired_files: Vec::new(),
             cold_files: Vec::new(),
+            spares: Vec::new(),
         };
         let mut report = RecoveryReport {
             purged,
             ..RecoveryReport::default()
         };
         journal.recover_segments(&mut report, sealed_depth)?;
+        if !read_only {
+            journal.adopt_spares()?;
+        }
         journal.drop_purged_segments(&mut report.removed_segments)?;
         if let (Some(purged), Some(first)) = (journal.purged, journal.segments.first()) {
             if first.first_index > purged.index + 1 {
@@ -630,10 +678,19 @@ impl Journal {
             };
             let scanned = scan_segment(&*file, &path, first_index, previous, depth)?;
             let expected = first_index + scanned.offsets.len() as u64;
-            let (stop_offset, stop_reason) = match scanned.stop {
+            let (stop_offset, mut stop_reason) = match scanned.stop {
                 Stop::Clean => (scanned.end_offset, None),
                 Stop::Invalid { offset, reason } => (offset, Some(reason)),
             };
+            // In a recycled segment the bytes after the last entry are the file's earlier
+            // contents, which read as damage: its entries end there. An entry lost to real
+            // damage in a sealed one still shows, as a gap before the next segment; in the
+            // last one it is cut like a torn tail, only not reported as one.
+            let ends_in_earlier_contents =
+                scanned.recycled && stop_reason.is_some() && !scanned.offsets.is_empty();
+            if ends_in_earlier_contents && !is_last {
+                stop_reason = None;
+            }
             if !is_last {
                 if let Some(reason) = stop_reason {
                     return Err(Error::corruption(
@@ -667,7 +724,9 @@ impl Journal {
                         reason,
                     ));
                 }
-                if let Some(reason) = stop_reason {
+                if let (Some(reason), true) = (stop_reason, ends_in_earlier_contents) {
+                    tracing::debug!(segment = %path.display(), offset = stop_offset, index = expected, reason, "journal recovery: the entries of a recycled segment end here");
+                } else if let Some(reason) = stop_reason {
                     if self.read_only {
                         tracing::warn!(segment = %path.display(), offset = stop_offset, index = expected, reason, "journal opened read-only: a torn tail is left in place");
                     } else {
@@ -895,20 +954,40 @@ impl Journal {
             self.durable = max(self.durable, Some(last));
         }
         let path = self.dir.join(segment_file_name(first_index));
-        let file = match self.storage.create(&path) {
-            Ok(file) => file,
-            Err(error) => return Err(self.poison("create", &path, error)),
+        let file = if let Some(spare) = self.spares.pop() {
+            let header =
+                encode_segment_header(first_index, self.segment_size, SEGMENT_FLAG_RECYCLED);
+            // A recycled segment: renamed, the directory synced, then its header rewritten.
+            // The sync comes first so that no name the file had before (a purged segment's,
+            // a spare's) can come back after a crash with new contents under it. Its old
+            // entries stay behind the new ones until overwritten; a scan stops at the first
+            // of them (docs/design.md §3, "Recycled segments").
+            if let Err(error) = self.storage.rename(&spare.path, &path) {
+                return Err(self.poison("rename", &spare.path, error));
+            }
+            self.dir_changes += 1;
+            self.sync_dir_if_changed()?;
+            if let Err(error) = spare.file.write_at(&header, 0) {
+                return Err(self.poison("write", &path, error));
+            }
+            spare.file
+        } else {
+            let header = encode_segment_header(first_index, self.segment_size, 0);
+            let file = match self.storage.create(&path) {
+                Ok(file) => file,
+                Err(error) => return Err(self.poison("create", &path, error)),
+            };
+            // Sparse, fixed size: no size change per fdatasync (see docs/design.md §3).
+            let prepared = file
+                .set_len(self.segment_size)
+                .map_err(|error| ("set_len", error))
+                .and_then(|()| file.write_at(&header, 0).map_err(|error| ("write", error)));
+            if let Err((operation, error)) = prepared {
+                return Err(self.poison(operation, &path, error));
+            }
+            self.dir_changes += 1;
+            file
         };
-        // Sparse, fixed size: no size change per fdatasync (see docs/design.md §3).
-        let header = encode_segment_header(first_index, self.segment_size);
-        let prepared = file
-            .set_len(self.segment_size)
-            .map_err(|error| ("set_len", error))
-            .and_then(|()| file.write_at(&header, 0).map_err(|error| ("write", error)));
-        if let Err((operation, error)) = prepared {
-            return Err(self.poison(operation, &path, error));
-        }
-        self.dir_changes += 1;
         // The segment sealed at the roll before this one is synced, and the entries read soon
         // (applied, replicated) are in the newest two.
         if let Some(cold) = self.segments.len().checked_sub(2) {
@@ -1181,13 +1260,66 @@ impl Journal {
                 self.segments.remove(0);
                 continue;
             }
-            if let Err(error) = self.storage.remove(&segment.path) {
-                return Err(self.poison("remove", &segment.path.clone(), error));
+            let path = segment.path.clone();
+            if self.keeps_another_spare(segment.size) {
+                let spare = self.dir.join(spare_file_name(segment.first_index));
+                if let Err(error) = self.storage.rename(&path, &spare) {
+                    return Err(self.poison("rename", &path, error));
+                }
+                let segment = self.segments.remove(0);
+                self.spares.push(Spare {
+                    path: spare,
+                    file: segment.file,
+                });
+            } else {
+                if let Err(error) = self.storage.remove(&path) {
+                    return Err(self.poison("remove", &path, error));
+                }
+                let segment = self.segments.remove(0);
+                self.retired_files.push(segment.file);
             }
-            let segment = self.segments.remove(0);
-            self.retired_files.push(segment.file);
-            removed.push(segment.path);
+            removed.push(path);
             self.dir_changes += 1;
+        }
+        Ok(())
+    }
+
+    /// Whether a purged segment of `size` bytes is kept for reuse rather than removed.
+    fn keeps_another_spare(&self, size: u64) -> bool {
+        size == self.segment_size
+            && (self.spares.len() as u64 + 1) * self.segment_size <= SPARE_SEGMENT_BYTES_MAX
+    }
+
+    /// Takes the spare files a previous run left (`open`): those of this journal's segment size
+    /// while within `SPARE_SEGMENT_BYTES_MAX`; any other is removed.
+    fn adopt_spares(&mut self) -> Result<()> {
+        let names = self
+            .storage
+            .list(&self.dir)
+            .map_err(|error| Error::io("list", &self.dir, error))?;
+        let mut spares: Vec<String> = names
+            .into_iter()
+            .filter(|name| parse_numbered_name(name, SPARE_FILE_SUFFIX).is_some())
+            .collect();
+        spares.sort_unstable();
+        for name in spares {
+            let path = self.dir.join(&name);
+            let file = self
+                .storage
+                .open(&path)
+                .map_err(|error| Error::io("open", &path, error))?;
+            let size = file
+                .len()
+                .map_err(|error| Error::io("stat", &path, error))?;
+            if self.keeps_another_spare(size) {
+                self.spares.push(Spare { path, file });
+            } else {
+                drop(file);
+                self.storage
+                    .remove(&path)
+                    .map_err(|error| Error::io("remove", &path, error))?;
+                self.dir_changes += 1;
+            }
         }
         Ok(())
     }

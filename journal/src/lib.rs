@@ -21,7 +21,7 @@ pub use entry::{Entry, EntryId, EntryKind, ENTRY_MAGIC};
 pub use error::{Error, Result};
 pub use journal::{
     Durable, Journal, JournalOptions, RecoveryReport, SyncTicket, TornTail, PURGE_FILE_NAME,
-    SEGMENT_FILE_SUFFIX, SEGMENT_MAGIC,
+    SEGMENT_FILE_SUFFIX, SEGMENT_MAGIC, SPARE_FILE_SUFFIX,
 };
 pub use record::{MetaStore, META_FILE_NAME, RECORD_MAGIC};
 pub use snapshot::{

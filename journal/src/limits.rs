@@ -18,6 +18,11 @@ pub const ENTRY_RECORD_SIZE_MAX: usize = ENTRY_HEADER_SIZE + PAYLOAD_SIZE_MAX as
 pub const SEGMENT_HEADER_SIZE: usize = 64;
 /// Default size of one segment file.
 pub const SEGMENT_SIZE_DEFAULT: u64 = 64 * 1024 * 1024;
+/// Purged segments kept for reuse, in bytes (docs/design.md §3, "Recycled segments"): entries
+/// written over a used file change no metadata, so their `fdatasync` does not wait for the
+/// filesystem's journal, and through it for other files' dirty data (a snapshot being saved).
+/// At most this much more disk than the log itself needs.
+pub const SPARE_SEGMENT_BYTES_MAX: u64 = 2 * 1024 * 1024 * 1024;
 /// Smallest segment size accepted by [`crate::JournalOptions`] (tests use small segments).
 pub const SEGMENT_SIZE_MIN: u64 = 4096;
 /// Largest segment size: entry offsets inside a segment are stored as `u32`.

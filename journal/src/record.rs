@@ -48,6 +48,10 @@ fn decode_slot(path: &Path, bytes: &[u8]) -> Result<Slot> {
         return Ok(Slot::Invalid("bad record magic"));
     }
     let version = u16_at(bytes, field::VERSION);
+    // No format has version 0: a slot torn after its magic, not a format to refuse.
+    if version == 0 {
+        return Ok(Slot::Invalid("record slot without a version (torn)"));
+    }
     if version != FORMAT_VERSION {
         return Err(Error::UnsupportedVersion {
             path: path.to_owned(),

@@ -7,12 +7,12 @@ mod common;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use common::{dir, open, random_entry, read_all};
+use common::{dir, open, open_storage, random_entry, read_all};
 use tally_journal::fault::{FaultyStorage, SplitMix64};
 use tally_journal::limits::{EVENT_SIZE, FORMAT_VERSION, RECORD_PAYLOAD_SIZE_MAX};
 use tally_journal::{
     Entry, EntryId, Error, FsStorage, Journal, JournalOptions, MetaStore, SnapshotStore, Storage,
-    META_FILE_NAME, SNAPSHOT_FILE_NAME,
+    META_FILE_NAME, SEGMENT_FILE_SUFFIX, SNAPSHOT_FILE_NAME, SPARE_FILE_SUFFIX,
 };
 
 fn id(term: u64, index: u64) -> EntryId {
@@ -175,15 +175,30 @@ fn purge_past_the_end_restarts_the_log_and_survives_restart() {
     );
 }
 
+/// Names in the journal directory ending with `suffix`.
+fn files_named(storage: &dyn Storage, suffix: &str) -> Vec<String> {
+    let mut names: Vec<String> = storage
+        .list(dir())
+        .unwrap()
+        .into_iter()
+        .filter(|name| name.ends_with(suffix))
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
 fn purge_deletes_whole_segments_and_get_log_state_survives_restart() {
     let disk = FaultyStorage::new(3);
     let mut journal = journal_with_entries(&disk);
-    let segments_before = disk.shared().list(dir()).unwrap().len();
+    let segments_before = files_named(&*disk.shared(), SEGMENT_FILE_SUFFIX).len();
     journal.purge_through(id(2, 25)).unwrap();
-    assert!(
-        disk.shared().list(dir()).unwrap().len() < segments_before,
-        "no segment deleted"
+    let segments_after = files_named(&*disk.shared(), SEGMENT_FILE_SUFFIX).len();
+    assert!(segments_after < segments_before, "no segment purged");
+    assert_eq!(
+        files_named(&*disk.shared(), SPARE_FILE_SUFFIX).len(),
+        segments_before - segments_after,
+        "purged segments are kept for reuse"
     );
     assert_eq!(journal.first_index(), Some(26));
     assert_eq!(
@@ -200,6 +215,97 @@ fn purge_deletes_whole_segments_and_get_log_state_survives_restart() {
     assert_eq!(journal.purged_id(), Some(id(2, 25)));
     assert_eq!(journal.first_index(), Some(26));
     assert_eq!(journal.last_entry_id(), Some(id(2, 29)));
+}
+
+/// Purged segments are renamed to spares and reused by later rolls, whose entries are written
+/// over the old ones: a recovery stops at the first old entry as at the end of the log (no torn
+/// tail, nothing cut), and every new entry survives a restart.
+fn recycled_segments_round_trip(storage: Arc<dyn Storage>, reboot: impl Fn()) {
+    let mut random = SplitMix64::new(17);
+    let large: Vec<Entry> = (1..=60)
+        .map(|index| Entry::batch(id(1, index), 1, index, vec![index as u8; 6 * EVENT_SIZE]))
+        .collect();
+    let (mut journal, _) = open_storage(storage.clone()).unwrap();
+    journal.append_all(&large).unwrap();
+    journal.sync().unwrap();
+    journal.purge_through(id(1, 50)).unwrap();
+    let spares = files_named(&*storage, SPARE_FILE_SUFFIX);
+    assert!(spares.len() >= 3, "spares kept: {spares:?}");
+    // Small entries: each reused segment holds the new ones, then the old large ones.
+    let small: Vec<Entry> = (61..=160)
+        .map(|index| random_entry(&mut random, id(2, index)))
+        .collect();
+    for chunk in small.chunks(7) {
+        journal.append_all(chunk).unwrap();
+        journal.sync().unwrap();
+    }
+    assert!(
+        files_named(&*storage, SPARE_FILE_SUFFIX).len() < spares.len(),
+        "no spare reused"
+    );
+    let expected: Vec<Entry> = large[50..].iter().chain(&small).cloned().collect();
+    assert_eq!(read_all(&journal), expected);
+    drop(journal);
+    reboot();
+    let (mut journal, report) = open_storage(storage.clone()).unwrap();
+    assert_eq!(report.torn_tail, None);
+    assert_eq!(read_all(&journal), expected);
+    // And the log goes on from there, through the spares left.
+    journal.append(&batch(2, 161)).unwrap();
+    journal.sync().unwrap();
+    drop(journal);
+    reboot();
+    let (journal, report) = open_storage(storage).unwrap();
+    assert_eq!(report.torn_tail, None);
+    assert_eq!(journal.last_entry_id(), Some(id(2, 161)));
+    assert_eq!(journal.read(..).unwrap().len(), expected.len() + 1);
+}
+
+#[test]
+fn purged_segments_are_recycled_on_the_simulated_disk() {
+    let disk = FaultyStorage::new(11);
+    recycled_segments_round_trip(disk.shared(), || disk.reboot());
+}
+
+#[test]
+fn purged_segments_are_recycled_on_the_real_filesystem() {
+    use std::os::unix::fs::MetadataExt;
+    let temp = tempfile::tempdir().unwrap();
+    let storage = FsStorage::shared();
+    let options = JournalOptions {
+        segment_size: common::TEST_SEGMENT_SIZE,
+    };
+    let (mut journal, _) = Journal::open(storage.clone(), temp.path(), options.clone()).unwrap();
+    let entries: Vec<Entry> = (1..=40)
+        .map(|index| Entry::batch(id(1, index), 1, index, vec![3; 6 * EVENT_SIZE]))
+        .collect();
+    journal.append_all(&entries).unwrap();
+    journal.sync().unwrap();
+    journal.purge_through(id(1, 30)).unwrap();
+    let spares: Vec<u64> = std::fs::read_dir(temp.path())
+        .unwrap()
+        .map(|item| item.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "spare"))
+        .map(|path| std::fs::metadata(path).unwrap().ino())
+        .collect();
+    assert!(!spares.is_empty());
+    let more: Vec<Entry> = (41..=60)
+        .map(|index| Entry::batch(id(1, index), 1, index, vec![4; 6 * EVENT_SIZE]))
+        .collect();
+    journal.append_all(&more).unwrap();
+    journal.sync().unwrap();
+    let reused = std::fs::read_dir(temp.path())
+        .unwrap()
+        .map(|item| item.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "tlog"))
+        .filter(|path| spares.contains(&std::fs::metadata(path).unwrap().ino()))
+        .count();
+    assert!(reused > 0, "no segment file was a spare before");
+    drop(journal);
+    let (journal, report) = Journal::open(storage, temp.path(), options).unwrap();
+    assert_eq!(report.torn_tail, None);
+    let expected: Vec<Entry> = entries[30..].iter().chain(&more).cloned().collect();
+    assert_eq!(read_all(&journal), expected);
 }
 
 #[test]

@@ -148,7 +148,14 @@ fn check_recovered(
     }
     let recovered_last = journal.last_entry_id().map(|id| id.index);
     let durable_required = match in_flight {
-        InFlight::Truncate { index } => before.durable.min(*index),
+        // Truncating below the first entry (a log that began past index 0) keeps none of
+        // them: what must remain is the purge point, if any.
+        InFlight::Truncate { index } => match before.durable.min(*index) {
+            Some(required) if before.entries.range(..=required).next().is_none() => {
+                before.purged.map(|purged| purged.index)
+            }
+            required => required,
+        },
         _ => before.durable,
     };
     assert!(recovered_last >= durable_required, "seed {seed}: lost durable entries: recovered through {recovered_last:?}, durable {durable_required:?}");
