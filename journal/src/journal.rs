@@ -950,7 +950,10 @@ impl Journal {
                 return Err(self.poison("fdatasync", &segment.path, error));
             }
             let last = segment.last_index();
-            self.sync_dir_if_changed()?;
+            // With a spare, the directory is synced once below, after its rename.
+            if self.spares.is_empty() {
+                self.sync_dir_if_changed()?;
+            }
             self.durable = max(self.durable, Some(last));
         }
         let path = self.dir.join(segment_file_name(first_index));

@@ -272,10 +272,10 @@ fn flush_group(shared: Option<&Shared>, mut waiting: Vec<FlushRequest>) {
     match outcome {
         Ok(durable) => {
             let durable_at = std::time::Instant::now();
+            let durable_seconds = metrics::histogram!("tally_journal_durable_seconds");
             let appended = waiting.iter().map(|request| request.appended_at);
             for appended_at in appended.chain([last.appended_at]) {
-                metrics::histogram!("tally_journal_durable_seconds")
-                    .record((durable_at - appended_at).as_secs_f64());
+                durable_seconds.record((durable_at - appended_at).as_secs_f64());
             }
             if let Some(shared) = shared {
                 shared
