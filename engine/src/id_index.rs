@@ -83,6 +83,24 @@ impl IdIndex {
         index
     }
 
+    /// `with_capacity`, with the table's memory handed to `advise` (its address and length in
+    /// bytes) after it is allocated and before it is first written: a caller may ask the operating
+    /// system for huge pages there, as a large table is read and written at random. Whatever
+    /// `advise` does, the table is the same.
+    pub fn with_capacity_advised(count: usize, advise: impl FnOnce(*const u8, usize)) -> IdIndex {
+        let slots_count = slots_for(count);
+        let mut slots: Vec<u64> = Vec::with_capacity(slots_count);
+        advise(
+            slots.as_ptr().cast(),
+            slots.capacity() * core::mem::size_of::<u64>(),
+        );
+        slots.resize(slots_count, EMPTY);
+        let mut index = IdIndex::new();
+        let old = std::mem::replace(&mut index.slots, slots);
+        index.place(old, slots_count);
+        index
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -432,5 +450,28 @@ mod tests {
         };
         records.push(7);
         records.push(7);
+    }
+
+    #[test]
+    fn an_advised_table_is_the_table_with_capacity_and_advice_sees_all_its_memory() {
+        let mut advised = None;
+        let index = IdIndex::with_capacity_advised(1_000, |address, bytes| {
+            advised = Some((address as usize, bytes));
+        });
+        let plain = IdIndex::with_capacity(1_000);
+        assert_eq!(index.slots, plain.slots);
+        assert_eq!((index.mask, index.shift), (plain.mask, plain.shift));
+        let (address, bytes) = advised.expect("advice asked");
+        assert_eq!(address, index.slots.as_ptr() as usize);
+        assert_eq!(bytes, index.memory_bytes());
+        let mut records = Records {
+            ids: Vec::new(),
+            index,
+        };
+        for id in 1..=1_000u128 {
+            records.push(id);
+        }
+        assert_eq!(records.index.slots.len(), plain.slots.len(), "no growth");
+        assert!((1..=1_000u128).all(|id| records.get(id) == Some(id as u32 - 1)));
     }
 }

@@ -442,6 +442,17 @@ pub struct TransferStorage {
 impl TransferStorage {
     /// Room for `transfers` transfers.
     pub fn prepare(transfers: usize) -> TransferStorage {
+        TransferStorage::prepare_advised(transfers, |_, _| {})
+    }
+
+    /// `prepare`, with the id index's memory (address, bytes) handed to `advise` before it is
+    /// first written: the one table read and written at random, where a caller may ask for huge
+    /// pages (fewer TLB misses) without paying for them on the records, which are written in
+    /// order. The engine makes no system call itself.
+    pub fn prepare_advised(
+        transfers: usize,
+        advise: impl FnOnce(*const u8, usize),
+    ) -> TransferStorage {
         let mut records = Vec::new();
         reserve_touched(&mut records, transfers, Aligned(Transfer::default()));
         let mut links = Vec::new();
@@ -451,7 +462,7 @@ impl TransferStorage {
         };
         reserve_touched(&mut links, transfers, blank);
         // A new table's slots are written (all empty) as it is made: touched here.
-        let indexes = IdIndex::with_capacity(transfers);
+        let indexes = IdIndex::with_capacity_advised(transfers, advise);
         TransferStorage {
             records,
             links,
@@ -1183,7 +1194,29 @@ impl Ledger {
             if index % LOOKAHEAD_EVENTS == 0 {
                 let ahead = index..events.len().min(index + LOOKAHEAD_EVENTS);
                 let prepared = prepared.map(|prepared| &prepared[ahead.clone()]);
-                self.resolve_hints(&events[ahead], prepared, stable_transfers_count, &mut hints);
+                // The first window's ids were not prefetched by an earlier one.
+                let ids_prefetched = index > 0;
+                self.resolve_hints(
+                    &events[ahead],
+                    prepared,
+                    stable_transfers_count,
+                    ids_prefetched,
+                    &mut hints,
+                );
+            }
+            // The next window's misses, spread over this one's work instead of issued in one
+            // burst (which stalls once the core's miss buffers are full): its events' bytes and,
+            // when their hashes are prepared, their ids' home slots (a table too large for the
+            // cache: the longest miss of a transfer).
+            if let Some(ahead) = events.get(index + LOOKAHEAD_EVENTS) {
+                let bytes = record_bytes(ahead);
+                prefetch(&bytes[0]);
+                prefetch(&bytes[64]);
+                let fingerprint = match prepared {
+                    Some(prepared) => (prepared[index + LOOKAHEAD_EVENTS].id_hash >> 32) as u32,
+                    None => fingerprint(ahead.id),
+                };
+                self.transfer_indexes.prefetch_home(fingerprint);
             }
             let hint = &hints[index % LOOKAHEAD_EVENTS];
             let lanes = hint.lanes;
@@ -1245,7 +1278,9 @@ impl Ledger {
     ///
     /// The misses are issued as prefetches (which retire at once, unlike loads that miss) from
     /// loops that do nothing else, dozens in flight at once, one stage ahead of their use:
-    /// (1) hash every id (no memory touched); (2) prefetch the home slot of every id; (3) for
+    /// (1) hash every id (no memory touched); (2) prefetch the home slot of every account id or
+    /// pending id, and of every transfer id unless `ids_prefetched` (the main loop prefetched the
+    /// transfer ids' slots and the events' bytes a window ahead, spread over its work); (3) for
     /// posts and voids, the pending transfers, and their accounts' fingerprints and home slots;
     /// (4) follow each account's probe to its candidate record and prefetch both its cache lines
     /// and its list heads; (5) the real lookups, which now hit cache.
@@ -1254,6 +1289,7 @@ impl Ledger {
         events: &[Transfer],
         prepared: Option<&[EventHashes]>,
         stable_transfers_count: usize,
+        ids_prefetched: bool,
         hints: &mut Vec<Hint>,
     ) {
         assert!(events.len() <= LOOKAHEAD_EVENTS);
@@ -1288,7 +1324,9 @@ impl Ledger {
         }
         let (transfer_indexes, account_indexes) = (&self.transfer_indexes, &self.account_indexes);
         for ((event, hint), fingerprints) in events.iter().zip(hints.iter()).zip(&fingerprints) {
-            transfer_indexes.prefetch_home(hint.id_fingerprint());
+            if !ids_prefetched {
+                transfer_indexes.prefetch_home(hint.id_fingerprint());
+            }
             if event.flags & resolving != 0 {
                 transfer_indexes.prefetch_home(fingerprints[0]);
             } else {

@@ -2,7 +2,8 @@
 //!
 //! - [`replay`]: audit replay of a node's data directory.
 //! - [`cluster`]: the seeded cluster simulator (turmoil, faults, auditor).
-#![forbid(unsafe_code)]
+// One `unsafe` call, allowed where it is: `replay::advise_huge_pages` (a `madvise` hint).
+#![deny(unsafe_code)]
 
 pub mod cluster;
 pub mod replay;
