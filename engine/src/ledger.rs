@@ -442,17 +442,6 @@ pub struct TransferStorage {
 impl TransferStorage {
     /// Room for `transfers` transfers.
     pub fn prepare(transfers: usize) -> TransferStorage {
-        TransferStorage::prepare_advised(transfers, |_, _| {})
-    }
-
-    /// `prepare`, with the id index's memory (address, bytes) handed to `advise` before it is
-    /// first written: the one table read and written at random, where a caller may ask for huge
-    /// pages (fewer TLB misses) without paying for them on the records, which are written in
-    /// order. The engine makes no system call itself.
-    pub fn prepare_advised(
-        transfers: usize,
-        advise: impl FnOnce(*const u8, usize),
-    ) -> TransferStorage {
         let mut records = Vec::new();
         reserve_touched(&mut records, transfers, Aligned(Transfer::default()));
         let mut links = Vec::new();
@@ -462,12 +451,46 @@ impl TransferStorage {
         };
         reserve_touched(&mut links, transfers, blank);
         // A new table's slots are written (all empty) as it is made: touched here.
-        let indexes = IdIndex::with_capacity_advised(transfers, advise);
+        let indexes = IdIndex::with_capacity(transfers);
         TransferStorage {
             records,
             links,
             indexes,
         }
+    }
+
+    /// Room for the id index of `transfers` transfers alone, for a ledger that has room for
+    /// their records and links already (`Ledger::reserve_transfers_untouched`). The index's
+    /// memory is handed to `advise` (address, bytes) before it is first written: the one table
+    /// read and written at random, where a caller may ask for huge pages (fewer TLB misses).
+    /// The engine makes no system call itself.
+    pub fn prepare_index_advised(
+        transfers: usize,
+        advise: impl FnOnce(*const u8, usize),
+    ) -> TransferStorage {
+        TransferStorage {
+            records: Vec::new(),
+            links: Vec::new(),
+            indexes: IdIndex::with_capacity_advised(transfers, advise),
+        }
+    }
+}
+
+/// Memory a ledger has reserved and not yet written: `bytes` bytes from `address`
+/// (`Ledger::reserve_transfers_untouched`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UntouchedMemory {
+    pub address: usize,
+    pub bytes: usize,
+}
+
+/// The spare capacity of `records` (reserved for `additional` more first, without writing it).
+fn reserve_untouched<T>(records: &mut Vec<T>, additional: usize) -> UntouchedMemory {
+    records.reserve_exact(additional);
+    let size = core::mem::size_of::<T>();
+    UntouchedMemory {
+        address: records.as_ptr().wrapping_add(records.len()) as usize,
+        bytes: (records.capacity() - records.len()) * size,
     }
 }
 
@@ -537,6 +560,23 @@ impl Ledger {
         reserve_touched(&mut self.transfer_links, transfers, links);
         self.transfer_indexes.reserve(transfers);
         self.pending_statuses.reserve_touched(transfers);
+    }
+
+    /// Makes room for `transfers` more transfer records and their links (clamped to the capacity
+    /// left) without writing it, and returns where that room is: records first, then links, each
+    /// written from its start as transfers are appended. A caller that knows how many transfers
+    /// are coming (an audit replay) may have the operating system fault those pages in from
+    /// another thread, ahead of the writes, so that this thread pays neither the page faults nor,
+    /// as with `TransferStorage`, copying what it applied meanwhile. The ledger behaves the same
+    /// whether or not that happens. The ranges stay valid while the ledger holds no more
+    /// transfers than this room (nothing reallocates them before).
+    pub fn reserve_transfers_untouched(&mut self, transfers: usize) -> [UntouchedMemory; 2] {
+        let transfers = transfers.min(self.transfers_max.saturating_sub(self.transfers.len()));
+        self.pending_statuses.reserve_touched(transfers);
+        [
+            reserve_untouched(&mut self.transfers, transfers),
+            reserve_untouched(&mut self.transfer_links, transfers),
+        ]
     }
 
     /// Takes `storage` (prepared, possibly on another thread, by `TransferStorage::prepare`) as
@@ -2549,5 +2589,29 @@ mod tests {
         assert_eq!(adopted.transfers.capacity(), capacity);
         assert_behaves_as_grown_on_demand(&mut adopted, 9, 6);
         assert_eq!(adopted.transfers.capacity(), capacity);
+    }
+
+    #[test]
+    fn room_reserved_untouched_with_an_index_adopted_behaves_as_reserved() {
+        let mut ledger = Ledger::with_capacity_on_demand(64, 4096);
+        let [records, links] = ledger.reserve_transfers_untouched(4096);
+        assert_eq!(records.address, ledger.transfers.as_ptr() as usize);
+        assert_eq!(records.bytes, ledger.transfers.capacity() * 128);
+        assert!(ledger.transfers.capacity() >= 4096);
+        assert_eq!(links.address, ledger.transfer_links.as_ptr() as usize);
+        assert_eq!(links.bytes, ledger.transfer_links.capacity() * 8);
+        let mut advised = 0;
+        let index = TransferStorage::prepare_index_advised(4096, |_, bytes| advised = bytes);
+        assert!(advised >= 4096 * 2 * 8);
+        ledger.adopt_storage(index);
+        // Nothing reallocates the room while the ledger fills it.
+        assert_behaves_as_grown_on_demand(&mut ledger, 11, 6);
+        assert_eq!(ledger.transfers.as_ptr() as usize, records.address);
+        assert_eq!(ledger.transfer_links.as_ptr() as usize, links.address);
+        // The room is clamped to the capacity left.
+        let mut full = Ledger::with_capacity_on_demand(64, 100);
+        let [records, _] = full.reserve_transfers_untouched(4096);
+        assert_eq!(records.bytes, full.transfers.capacity() * 128);
+        assert!(full.transfers.capacity() < 4096);
     }
 }

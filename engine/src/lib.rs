@@ -25,7 +25,7 @@ mod types;
 
 pub use id_hash::{IdBuildHasher, IdHasher, IdMap, IdSet};
 pub use id_index::{IdIndex, Probe};
-pub use ledger::{BatchError, Ledger, Prepared, TransferStorage};
+pub use ledger::{BatchError, Ledger, Prepared, TransferStorage, UntouchedMemory};
 pub use results::{CreateAccountResult, CreateTransferResult};
 pub use snapshot::SnapshotError;
 pub use snapshot::SnapshotWriter;

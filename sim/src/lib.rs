@@ -2,7 +2,8 @@
 //!
 //! - [`replay`]: audit replay of a node's data directory.
 //! - [`cluster`]: the seeded cluster simulator (turmoil, faults, auditor).
-// One `unsafe` call, allowed where it is: `replay::advise_huge_pages` (a `madvise` hint).
+// `unsafe` is allowed for two `madvise` calls, where they are: `replay::advise_huge_pages`
+// and `replay::populate` (hints about memory the replay owns; they change no contents).
 #![deny(unsafe_code)]
 
 pub mod cluster;

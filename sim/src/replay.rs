@@ -18,11 +18,11 @@
 //!
 //! The ledger gets the node's capacity (`--accounts-max`/`--transfers-max`, else
 //! the capacity recorded in the node's snapshot, else the engine's defaults), so
-//! that it refuses exactly what the node refused. Its transfer records and id index
-//! for as many transfers as the log's size allows are prepared (allocated and
-//! touched) on the other core while the replay starts; the replay moves what it has
-//! applied by then into them as soon as they are ready, so from there on they never
-//! grow (copy and rehash), and it never waits for them.
+//! that it refuses exactly what the node refused. Its transfer records and links are
+//! reserved for as many transfers as the log's size allows, and never grow; on the
+//! other core a helper builds the transfer id index (adopted as soon as it is ready)
+//! and then faults in the records' pages ahead of the writes (`StorageHelper`), so
+//! the replay never waits for memory it did not need yet.
 //!
 //! Results can be exported (one line per event) and compared with another build's
 //! export (`against`): the first event whose result differs is named.
@@ -40,6 +40,8 @@ use std::io::Write as _;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
@@ -53,6 +55,7 @@ use tally_engine::Ledger;
 use tally_engine::Operation;
 use tally_engine::Prepared;
 use tally_engine::TransferStorage;
+use tally_engine::UntouchedMemory;
 use tally_journal::Entry;
 use tally_journal::EntryKind;
 use tally_journal::FsStorage;
@@ -459,17 +462,13 @@ pub fn run(options: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     )?;
     let range = entry_range(&journal, start);
     let bound = events_bound(&log_dir);
-    // A genesis replay's transfer records and id index get their memory prepared (allocated
-    // and touched) on the other core while this one starts applying; the replay adopts it as
-    // soon as it is ready (`Replay::adopt_storage`).
-    let records = (start == StartPoint::Genesis).then(|| {
+    // A genesis replay's transfer tables are sized for every event the log can hold;
+    // the other core prepares the id index and faults in the records' pages ahead of
+    // the writes (`StorageHelper`), while this one starts applying.
+    let genesis_transfers = (start == StartPoint::Genesis).then(|| {
         let capacity = options.capacity.or(peeked.map(|(_, capacity)| capacity));
         let transfers_max = capacity.map_or(tally_engine::limits::TRANSFERS_MAX, |(_, max)| max);
-        let transfers = bound.min(transfers_max);
-        std::thread::Builder::new()
-            .name("replay-storage".into())
-            .spawn(move || TransferStorage::prepare_advised(transfers, advise_huge_pages))
-            .expect("spawn the storage thread")
+        bound.min(transfers_max)
     });
     let mut replay = match start {
         StartPoint::Snapshot { index } => {
@@ -491,7 +490,10 @@ pub fn run(options: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
             Replay::from_genesis(options, capacity, evidence, range)?
         }
     };
-    replay.storage = records;
+    if let Some(transfers) = genesis_transfers {
+        let room = replay.ledger.reserve_transfers_untouched(transfers);
+        replay.storage = Some(StorageHelper::start(transfers, room));
+    }
     replay.torn_tail = report.torn_tail.map(|torn| TornTail {
         index: torn.index,
         reason: torn.reason.to_owned(),
@@ -522,6 +524,104 @@ fn advise_huge_pages(address: *const u8, bytes: usize) {
             rustix::mm::Advice::LinuxHugepage,
         )
     };
+}
+
+/// The other core's share of a genesis replay's memory. Pages touched for the first
+/// time are slow on this kind of VM (the guest zeroes each one and the host backs it),
+/// and a replay's transfer tables are gigabytes: so a thread (1) builds the transfer id
+/// index, on huge pages, for the ledger to adopt (`take_index`), then (2) asks the
+/// kernel to fault in the records' and links' reserved pages (`MADV_POPULATE_WRITE`),
+/// in the order the applying thread writes them, ahead of it. A page the applying
+/// thread reaches first it simply faults in itself. Dropping the helper stops and
+/// joins its thread, which must happen before the ledger's memory is freed.
+struct StorageHelper {
+    index: mpsc::Receiver<TransferStorage>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Bytes of records faulted in per step (with the links' matching share); between
+/// steps the helper checks whether to stop.
+const POPULATE_STEP_BYTES: usize = 32 << 20;
+
+impl StorageHelper {
+    fn start(transfers: usize, room: [UntouchedMemory; 2]) -> StorageHelper {
+        let (sender, index) = mpsc::sync_channel(1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("replay-storage".into())
+            .spawn(move || {
+                let storage = TransferStorage::prepare_index_advised(transfers, advise_huge_pages);
+                if sender.send(storage).is_ok() {
+                    populate_in_order(room, &stopped);
+                }
+            })
+            .expect("spawn the storage thread");
+        StorageHelper {
+            index,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The id index once it is ready; `None` before, and after it was taken.
+    fn take_index(&mut self) -> Option<TransferStorage> {
+        self.index.try_recv().ok()
+    }
+}
+
+impl Drop for StorageHelper {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("the storage thread panicked");
+        }
+    }
+}
+
+/// Faults in `room` (records, then links: both written from their start) step by
+/// step, each step a `POPULATE_STEP_BYTES` share of the records and the same share of
+/// the links, until done, `stop`, or the kernel refuses (before Linux 5.14).
+fn populate_in_order(room: [UntouchedMemory; 2], stop: &AtomicBool) {
+    let [records, links] = room;
+    let steps = records.bytes.div_ceil(POPULATE_STEP_BYTES).max(1);
+    for step in 0..steps {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        for memory in [records, links] {
+            let share =
+                |step: usize| memory.bytes / steps * step + memory.bytes % steps * step / steps;
+            let begin = memory.address + share(step);
+            let end = memory.address + share(step + 1);
+            if !populate(begin, end) {
+                return;
+            }
+        }
+    }
+}
+
+/// The whole 4 KiB pages of `begin..end`, faulted in writable (their contents stay
+/// what they are: zero, never yet written). False if the kernel refused.
+#[allow(unsafe_code)]
+fn populate(begin: usize, end: usize) -> bool {
+    const PAGE: usize = 4096;
+    let (begin, end) = (begin.next_multiple_of(PAGE), end / PAGE * PAGE);
+    if end <= begin {
+        return true;
+    }
+    // SAFETY: `MADV_POPULATE_WRITE` only faults pages in (as a write would, without
+    // writing); the range lies inside the ledger's reserved, not reallocated tables,
+    // which outlive this thread (`StorageHelper` joins it on drop).
+    unsafe {
+        rustix::mm::madvise(
+            begin as *mut core::ffi::c_void,
+            end - begin,
+            rustix::mm::Advice::LinuxPopulateWrite,
+        )
+    }
+    .is_ok()
 }
 
 /// Entries to apply: after the snapshot when starting from one.
@@ -713,11 +813,13 @@ struct Replay<'a> {
     start: StartPoint,
     /// The log indexes to apply.
     range: Option<(u64, u64)>,
+    /// The transfer id index being prepared, and the records' pages being faulted in,
+    /// on the other core (genesis replay). Declared before `ledger`: fields are dropped
+    /// in order, so the helper's thread is joined before the ledger's memory is freed.
+    storage: Option<StorageHelper>,
     ledger: Ledger,
     /// The snapshot, when a genesis replay can compare its state with the replay's.
     snapshot_evidence: Option<SnapshotEvidence>,
-    /// Transfer storage being prepared on the other core (genesis replay).
-    storage: Option<std::thread::JoinHandle<TransferStorage>>,
     /// The replayed state after each of the last `CAPTURE_WINDOW_ENTRIES`
     /// indexes, oldest first (indexes increase).
     captured: VecDeque<Checkpoint>,
@@ -838,7 +940,7 @@ impl<'a> Replay<'a> {
                 if !self.apply_entry(entry, &prepared)? {
                     return Ok(());
                 }
-                self.adopt_storage(false);
+                self.adopt_storage();
             }
             if let Some(divergence) = self.check_snapshot(None, true)? {
                 self.divergence = Some(divergence);
@@ -848,23 +950,17 @@ impl<'a> Replay<'a> {
         if let Some(bar) = self.progress.take() {
             bar.finish_and_clear();
         }
-        // A log shorter than the time the storage takes: nothing left to adopt it for.
-        if let Some(storage) = self.storage.take() {
-            drop(storage.join().expect("the storage thread panicked"));
-        }
+        // Done applying: whatever the helper has not faulted in yet is not needed.
+        self.storage = None;
         result
     }
 
-    /// Takes the prepared transfer storage once it is ready (`wait`: blocks until it is),
-    /// then starts loading the snapshot evidence, which the other core is now free for.
-    fn adopt_storage(&mut self, wait: bool) {
-        let Some(storage) = self
-            .storage
-            .take_if(|storage| wait || storage.is_finished())
-        else {
+    /// Takes the prepared transfer id index once it is ready, then starts loading the
+    /// snapshot evidence.
+    fn adopt_storage(&mut self) {
+        let Some(storage) = self.storage.as_mut().and_then(StorageHelper::take_index) else {
             return;
         };
-        let storage = storage.join().expect("the storage thread panicked");
         self.ledger.adopt_storage(storage);
         if let Some(evidence) = &mut self.snapshot_evidence {
             evidence.start();
