@@ -10,6 +10,7 @@ pub mod cli;
 pub mod cluster;
 pub mod error;
 pub mod http;
+pub mod huge_pages;
 pub mod json;
 pub mod limits;
 pub mod server;

@@ -313,6 +313,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("  ratio:    {ratio:.3}");
     println!(
+        "  memory:   {} (TALLY_HUGE_PAGES=off for 4 KiB pages)",
+        if tally_api::huge_pages::huge_pages_tunable_set() {
+            "transparent huge pages, as `tally start` asks for"
+        } else {
+            "4 KiB pages"
+        }
+    );
+    println!(
         "  batch latency (us): p50 {} p99 {} max {}",
         engine.latency_us.value_at_quantile(0.5),
         engine.latency_us.value_at_quantile(0.99),
@@ -331,6 +339,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "seconds": engine.elapsed.as_secs_f64(),
         "repeat": args.repeat,
         "ledger": if args.grow { "new" } else { "with_capacity" },
+        "huge_pages": tally_api::huge_pages::huge_pages_tunable_set(),
         "transfers_per_second": transfers_per_second.round(),
         "baseline_per_second": baseline_per_second.round(),
         "ratio": (ratio * 1000.0).round() / 1000.0,

@@ -52,6 +52,15 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The engine benchmark measures the business logic as a node runs it: on transparent huge
+    // pages, which `tally start` asks for (`TALLY_HUGE_PAGES=off` turns both off).
+    if matches!(cli.command, Command::Engine(_))
+        && std::env::var("TALLY_HUGE_PAGES").as_deref() != Ok("off")
+    {
+        if let Some(error) = tally_api::huge_pages::reexecute_with_huge_pages() {
+            eprintln!("warning: not re-executed with transparent huge pages: {error}");
+        }
+    }
     match cli.command {
         Command::Engine(args) => engine::run(args),
         Command::Journal(args) => journal::run(args),

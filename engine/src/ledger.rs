@@ -1244,14 +1244,26 @@ impl Ledger {
                     &mut hints,
                 );
             }
-            // The next window's misses, spread over this one's work instead of issued in one
-            // burst (which stalls once the core's miss buffers are full): its events' bytes and,
-            // when their hashes are prepared, their ids' home slots (a table too large for the
-            // cache: the longest miss of a transfer).
-            if let Some(ahead) = events.get(index + LOOKAHEAD_EVENTS) {
-                let bytes = record_bytes(ahead);
+            // Later windows' misses, spread over this one's work instead of issued in one burst
+            // (which stalls once the core's miss buffers are full): the events' bytes two windows
+            // ahead, and the home slots of the next window's ids (a table too large for the
+            // cache: the longest miss of a transfer). Without prepared hashes, an id is read to
+            // hash it: its bytes were prefetched a window ago, where reading them now would wait
+            // for memory (batches are larger than the hardware prefetcher's reach) and hold up
+            // every instruction after it.
+            if index == 0 {
+                for ahead in events.iter().skip(LOOKAHEAD_EVENTS).take(LOOKAHEAD_EVENTS) {
+                    let bytes = record_bytes(ahead);
+                    prefetch(&bytes[0]);
+                    prefetch(&bytes[64]);
+                }
+            }
+            if let Some(far) = events.get(index + 2 * LOOKAHEAD_EVENTS) {
+                let bytes = record_bytes(far);
                 prefetch(&bytes[0]);
                 prefetch(&bytes[64]);
+            }
+            if let Some(ahead) = events.get(index + LOOKAHEAD_EVENTS) {
                 let fingerprint = match prepared {
                     Some(prepared) => (prepared[index + LOOKAHEAD_EVENTS].id_hash >> 32) as u32,
                     None => fingerprint(ahead.id),

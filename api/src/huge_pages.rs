@@ -1,0 +1,55 @@
+//! Transparent huge pages for a process's large allocations, asked for the only way a process
+//! can for memory glibc's allocator maps: by starting again with a tunable set.
+
+/// The glibc tunable that makes the allocator ask for transparent huge pages
+/// (`madvise(MADV_HUGEPAGE)`) for the memory it maps.
+pub const HUGE_PAGES_TUNABLE: &str = "glibc.malloc.hugetlb=1";
+
+/// A node's ledger is gigabytes of records and id indexes, touched at start-up and then read
+/// at random: on 4 KiB pages nearly every lookup also misses the TLB, and every page is a
+/// fault to touch. Where transparent huge pages are left to `madvise` (the usual default),
+/// glibc's allocator asks for them when its `glibc.malloc.hugetlb=1` tunable is set, and a
+/// tunable is read only as a process starts: so `tally start` (and `tally replay` with
+/// `TALLY_HUGE_PAGES=on`, and `tally-bench engine`, which measures the node's business logic as
+/// it runs) executes itself again, once, with it added to `GLIBC_TUNABLES`
+/// (docs/design.md §4). Nothing happens when the tunable is already there (set, or after the
+/// re-execution), or off Linux. Returns why the re-execution failed (the process then goes on
+/// without it); it does not return when it succeeds.
+pub fn reexecute_with_huge_pages() -> Option<std::io::Error> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
+    let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    if tunables
+        .split(':')
+        .any(|tunable| tunable.starts_with("glibc.malloc.hugetlb="))
+    {
+        return None;
+    }
+    let tunables = if tunables.is_empty() {
+        HUGE_PAGES_TUNABLE.to_owned()
+    } else {
+        format!("{tunables}:{HUGE_PAGES_TUNABLE}")
+    };
+    let executable = match std::env::current_exe() {
+        Ok(executable) => executable,
+        Err(error) => return Some(error),
+    };
+    let mut arguments = std::env::args_os();
+    let mut command = std::process::Command::new(executable);
+    if let Some(name) = arguments.next() {
+        std::os::unix::process::CommandExt::arg0(&mut command, name);
+    }
+    command.args(arguments).env("GLIBC_TUNABLES", tunables);
+    Some(std::os::unix::process::CommandExt::exec(&mut command))
+}
+
+/// Whether this process runs with the tunable (set by `reexecute_with_huge_pages`, or by whoever
+/// started it).
+pub fn huge_pages_tunable_set() -> bool {
+    std::env::var("GLIBC_TUNABLES").is_ok_and(|tunables| {
+        tunables
+            .split(':')
+            .any(|tunable| tunable == HUGE_PAGES_TUNABLE)
+    })
+}
