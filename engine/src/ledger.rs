@@ -19,6 +19,7 @@ use crate::state::{
     account_term, balance_term, failed_id_term, history_term, status_term, transfer_term,
     FIELD_CREDITS_PENDING, FIELD_CREDITS_POSTED, FIELD_DEBITS_PENDING, FIELD_DEBITS_POSTED,
 };
+use crate::stream::{fence, push_streaming};
 use crate::types::{
     Account, AccountBalance, AccountFlags, EventResult, Operation, Transfer, TransferFlags,
 };
@@ -809,6 +810,8 @@ impl Ledger {
         events_hash: u128,
         results: &[EventResult],
     ) {
+        // The batch's streaming stores (new transfer records) ordered before whatever follows.
+        fence();
         self.last_timestamp = timestamp + (results.len() as u64 - 1);
         // Format 2 (docs/design.md §2): 2 + 8 + 4 + 16 + 16 bytes after the previous chain.
         let mut bytes = [0u8; 16 + 2 + 8 + 4 + 16 + 16];
@@ -1663,15 +1666,16 @@ impl Ledger {
         assert!(self.transfers.len() < self.transfers_max);
         // The event's bytes whole, then its timestamp: a 128-byte copy, where building the
         // record field by field first went through registers and the stack.
-        self.transfers.push(Aligned(*event));
-        self.transfers[transfer_index as usize].timestamp = timestamp;
+        let mut record = Aligned(*event);
+        record.timestamp = timestamp;
+        push_streaming(&mut self.transfers, &record);
         self.transfer_indexes
             .insert_vacant(vacant, hint.id_fingerprint(), transfer_index);
         self.link_transfer(transfer_index, debit_index, credit_index);
         if pending {
             self.pending_statuses.push_transfer_pending();
             if event.timeout > 0 {
-                let expires_at = expires_at(&self.transfers[transfer_index as usize]);
+                let expires_at = expires_at(&record);
                 let key = (expires_at.expect("checked"), timestamp);
                 assert!(self.expiries.insert(key, transfer_index).is_none());
             }

@@ -8,7 +8,8 @@
 //! Client input never panics the engine; a broken invariant does (asserts stay on in release).
 //! See docs/design.md §2 for the data model, the result codes and their precedence.
 //!
-//! No `unsafe` code, except the one prefetch hint in `prefetch.rs`.
+//! No `unsafe` code, except the prefetch hint in `prefetch.rs` and the streaming store of new
+//! transfer records in `stream.rs`.
 #![deny(unsafe_code)]
 
 mod id_hash;
@@ -21,6 +22,7 @@ mod record_hash;
 mod results;
 mod snapshot;
 mod state;
+mod stream;
 mod types;
 
 pub use id_hash::{IdBuildHasher, IdHasher, IdMap, IdSet};
