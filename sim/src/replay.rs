@@ -21,8 +21,8 @@
 //! that it refuses exactly what the node refused. Its transfer records and links are
 //! reserved for as many transfers as the log's size allows, and never grow; on the
 //! other core a helper builds the transfer id index (adopted as soon as it is ready)
-//! and then faults in the records' pages ahead of the writes (`StorageHelper`), so
-//! the replay never waits for memory it did not need yet.
+//! and then faults in the records' pages a little ahead of the writes
+//! (`StorageHelper`), so the replay never waits for memory it did not need yet.
 //!
 //! Results can be exported (one line per event) and compared with another build's
 //! export (`against`): the first event whose result differs is named.
@@ -41,6 +41,7 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::mpsc::SyncSender;
@@ -54,6 +55,7 @@ use tally_engine::CreateTransferResult;
 use tally_engine::Ledger;
 use tally_engine::Operation;
 use tally_engine::Prepared;
+use tally_engine::Transfer;
 use tally_engine::TransferStorage;
 use tally_engine::UntouchedMemory;
 use tally_journal::Entry;
@@ -531,12 +533,16 @@ fn advise_huge_pages(address: *const u8, bytes: usize) {
 /// and a replay's transfer tables are gigabytes: so a thread (1) builds the transfer id
 /// index, on huge pages, for the ledger to adopt (`take_index`), then (2) asks the
 /// kernel to fault in the records' and links' reserved pages (`MADV_POPULATE_WRITE`),
-/// in the order the applying thread writes them, ahead of it. A page the applying
-/// thread reaches first it simply faults in itself. Dropping the helper stops and
+/// in the order the applying thread writes them, ahead of it but not far ahead
+/// (`POPULATE_LEAD_BYTES`). A page the applying thread reaches first it simply
+/// faults in itself. Dropping the helper stops and
 /// joins its thread, which must happen before the ledger's memory is freed.
 struct StorageHelper {
     index: mpsc::Receiver<TransferStorage>,
     stop: Arc<AtomicBool>,
+    /// Transfers the ledger holds, published after each entry: the helper stays at
+    /// most `POPULATE_LEAD_BYTES` of records ahead of them.
+    applied: Arc<AtomicUsize>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -544,23 +550,32 @@ struct StorageHelper {
 /// steps the helper checks whether to stop.
 const POPULATE_STEP_BYTES: usize = 32 << 20;
 
+/// How far ahead of the applying thread's writes (in bytes of records) the helper
+/// faults pages in. Faulting in zeroes every page, and zeroing gigabytes at once takes
+/// the memory bandwidth the applying thread's lookups wait on; paced, the same work is
+/// spread over the replay.
+const POPULATE_LEAD_BYTES: usize = 256 << 20;
+
 impl StorageHelper {
     fn start(transfers: usize, room: [UntouchedMemory; 2]) -> StorageHelper {
         let (sender, index) = mpsc::sync_channel(1);
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
+        let applied = Arc::new(AtomicUsize::new(0));
+        let applied_seen = Arc::clone(&applied);
         let thread = std::thread::Builder::new()
             .name("replay-storage".into())
             .spawn(move || {
                 let storage = TransferStorage::prepare_index_advised(transfers, advise_huge_pages);
                 if sender.send(storage).is_ok() {
-                    populate_in_order(room, &stopped);
+                    populate_in_order(room, &stopped, &applied_seen);
                 }
             })
             .expect("spawn the storage thread");
         StorageHelper {
             index,
             stop,
+            applied,
             thread: Some(thread),
         }
     }
@@ -582,17 +597,27 @@ impl Drop for StorageHelper {
 
 /// Faults in `room` (records, then links: both written from their start) step by
 /// step, each step a `POPULATE_STEP_BYTES` share of the records and the same share of
-/// the links, until done, `stop`, or the kernel refuses (before Linux 5.14).
-fn populate_in_order(room: [UntouchedMemory; 2], stop: &AtomicBool) {
+/// the links, until done, `stop`, or the kernel refuses (before Linux 5.14). A step
+/// waits (sleeping, 1 ms at a time) until it is within `POPULATE_LEAD_BYTES` of the
+/// records `applied` transfers have written.
+fn populate_in_order(room: [UntouchedMemory; 2], stop: &AtomicBool, applied: &AtomicUsize) {
     let [records, links] = room;
     let steps = records.bytes.div_ceil(POPULATE_STEP_BYTES).max(1);
+    let share = |bytes: usize, step: usize| bytes / steps * step + bytes % steps * step / steps;
+    let record_size = core::mem::size_of::<Transfer>();
     for step in 0..steps {
-        if stop.load(Ordering::Relaxed) {
-            return;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let written = applied.load(Ordering::Relaxed) * record_size;
+            if share(records.bytes, step) <= written + POPULATE_LEAD_BYTES {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
         for memory in [records, links] {
-            let share =
-                |step: usize| memory.bytes / steps * step + memory.bytes % steps * step / steps;
+            let share = |step: usize| share(memory.bytes, step);
             let begin = memory.address + share(step);
             let end = memory.address + share(step + 1);
             if !populate(begin, end) {
@@ -941,6 +966,11 @@ impl<'a> Replay<'a> {
                     return Ok(());
                 }
                 self.adopt_storage();
+                if let Some(storage) = &self.storage {
+                    storage
+                        .applied
+                        .store(self.ledger.transfers_count(), Ordering::Relaxed);
+                }
             }
             if let Some(divergence) = self.check_snapshot(None, true)? {
                 self.divergence = Some(divergence);
