@@ -7,9 +7,9 @@
 //! `tally_raft::apply::apply_batch`, the very function the node's business-logic
 //! thread uses, so timestamps and rejections are computed the same way.
 //!
-//! One pass over the log, on two threads (this machine's two cores): a reader
-//! thread reads and checksums entries ([`READ_AHEAD_ENTRIES`] ahead, so memory
-//! stays bounded whatever the log's length) while the calling thread applies them
+//! One pass over the log: a reader thread reads and checksums entries
+//! ([`READ_AHEAD_ENTRIES`] ahead, so memory stays bounded whatever the log's length)
+//! while the calling thread, on a CPU of its own (`crate::placement`), applies them
 //! from genesis (or from the snapshot just before the first entry of a purged
 //! log). After each entry the replay captures its digest and hash chain (both
 //! O(1): the engine keeps them incrementally) in a window of the last
@@ -49,6 +49,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
+use crate::placement::place_helper;
+use crate::placement::Placement;
 use serde::Serialize;
 use tally_engine::CreateAccountResult;
 use tally_engine::CreateTransferResult;
@@ -464,6 +466,7 @@ pub fn run(options: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     )?;
     let range = entry_range(&journal, start);
     let bound = events_bound(&log_dir);
+    let placement = Placement::split();
     // A genesis replay's transfer tables are sized for every event the log can hold;
     // the other core prepares the id index and faults in the records' pages ahead of
     // the writes (`StorageHelper`), while this one starts applying.
@@ -494,8 +497,9 @@ pub fn run(options: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     };
     if let Some(transfers) = genesis_transfers {
         let room = replay.ledger.reserve_transfers_untouched(transfers);
-        replay.storage = Some(StorageHelper::start(transfers, room));
+        replay.storage = Some(StorageHelper::start(transfers, room, placement));
     }
+    replay.placement = placement;
     replay.torn_tail = report.torn_tail.map(|torn| TornTail {
         index: torn.index,
         reason: torn.reason.to_owned(),
@@ -557,7 +561,11 @@ const POPULATE_STEP_BYTES: usize = 32 << 20;
 const POPULATE_LEAD_BYTES: usize = 256 << 20;
 
 impl StorageHelper {
-    fn start(transfers: usize, room: [UntouchedMemory; 2]) -> StorageHelper {
+    fn start(
+        transfers: usize,
+        room: [UntouchedMemory; 2],
+        placement: Option<Placement>,
+    ) -> StorageHelper {
         let (sender, index) = mpsc::sync_channel(1);
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
@@ -566,6 +574,7 @@ impl StorageHelper {
         let thread = std::thread::Builder::new()
             .name("replay-storage".into())
             .spawn(move || {
+                place_helper(placement);
                 let storage = TransferStorage::prepare_index_advised(transfers, advise_huge_pages);
                 if sender.send(storage).is_ok() {
                     populate_in_order(room, &stopped, &applied_seen);
@@ -749,7 +758,7 @@ impl SnapshotEvidence {
     }
 
     /// Loads (verified) the snapshot and reads its state's digest, on a thread of its own.
-    fn start(&mut self) {
+    fn start(&mut self, placement: Option<Placement>) {
         let Some((storage, dir)) = self.source.take() else {
             return;
         };
@@ -757,6 +766,7 @@ impl SnapshotEvidence {
         let restoring = std::thread::Builder::new()
             .name("replay-snapshot".into())
             .spawn(move || {
+                place_helper(placement);
                 let bytes = match load_snapshot(&storage, &dir)? {
                     Some((loaded, bytes)) if loaded == index => bytes,
                     _ => return Err(snapshot_changed()),
@@ -776,9 +786,13 @@ impl SnapshotEvidence {
 
     /// The snapshot's state, once restored (`wait`: start it if need be and block until
     /// it is).
-    fn recorded(&mut self, wait: bool) -> Result<Option<Checkpoint>, ReplayError> {
+    fn recorded(
+        &mut self,
+        wait: bool,
+        placement: Option<Placement>,
+    ) -> Result<Option<Checkpoint>, ReplayError> {
         if wait {
-            self.start();
+            self.start(placement);
         }
         if let Some(restoring) = self
             .restoring
@@ -843,6 +857,9 @@ struct Replay<'a> {
     /// in order, so the helper's thread is joined before the ledger's memory is freed.
     storage: Option<StorageHelper>,
     ledger: Ledger,
+    /// Which CPUs run the applying thread and which its helpers (`None`: the scheduler's
+    /// choice).
+    placement: Option<Placement>,
     /// The snapshot, when a genesis replay can compare its state with the replay's.
     snapshot_evidence: Option<SnapshotEvidence>,
     /// The replayed state after each of the last `CAPTURE_WINDOW_ENTRIES`
@@ -927,6 +944,7 @@ impl<'a> Replay<'a> {
             ledger,
             snapshot_evidence,
             storage: None,
+            placement: None,
             captured: VecDeque::new(),
             verified_through: None,
             summary_counts: Counts::default(),
@@ -953,11 +971,16 @@ impl<'a> Replay<'a> {
             );
             self.progress = Some(bar);
         }
+        let placement = self.placement;
+        let placed = placement.map(|placement| placement.place_applier());
         let result = std::thread::scope(|scope| {
             let (sender, entries) = mpsc::sync_channel(READ_AHEAD_ENTRIES);
             std::thread::Builder::new()
                 .name("replay-reader".into())
-                .spawn_scoped(scope, move || read_log(journal, first, last, sender))
+                .spawn_scoped(scope, move || {
+                    place_helper(placement);
+                    read_log(journal, first, last, sender)
+                })
                 .expect("spawn the replay reader thread");
             // Returning drops `entries`: a reader still sending then stops.
             for entry in entries {
@@ -982,6 +1005,7 @@ impl<'a> Replay<'a> {
         }
         // Done applying: whatever the helper has not faulted in yet is not needed.
         self.storage = None;
+        drop(placed);
         result
     }
 
@@ -993,7 +1017,7 @@ impl<'a> Replay<'a> {
         };
         self.ledger.adopt_storage(storage);
         if let Some(evidence) = &mut self.snapshot_evidence {
-            evidence.start();
+            evidence.start(self.placement);
         }
     }
 
@@ -1114,7 +1138,7 @@ impl<'a> Replay<'a> {
         let Some((replayed, verified_through)) = evidence.replayed else {
             return Ok(None);
         };
-        let Some(recorded) = evidence.recorded(wait)? else {
+        let Some(recorded) = evidence.recorded(wait, self.placement)? else {
             return Ok(None);
         };
         let index = evidence.index;
