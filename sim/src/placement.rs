@@ -3,11 +3,11 @@
 //!
 //! The applying thread is the replay's bottleneck and its helpers together need most of
 //! another CPU. Left to the scheduler on a two-CPU machine, the helpers kept landing on
-//! the applying thread's CPU: a scheduler trace of one replay of 12.49M events
-//! (`perf record -e sched:sched_switch`) counted 673 switches away from it, 646 of them
-//! preemptions by the reader and the storage helper, 0.24 s off its CPU in a 2.8 s
-//! replay. Placed, the same trace shows 0 s. Device interrupts usually go to the first
-//! CPU, so the applying thread takes the last one allowed.
+//! the applying thread's CPU: a system-wide scheduler trace of one replay of 12.49M
+//! events (`perf record -a -e sched:sched_switch`) counted 690 switches away from it,
+//! 646 of them preemptions by the reader and the storage helper, 0.26 s off its CPU in
+//! a 2.6 s replay. Placed, the same trace shows 75 switches and 3 ms. Device interrupts
+//! usually go to the first CPU, so the applying thread takes the last one allowed.
 //!
 //! Placement changes only which CPU runs what, never a result. It is skipped with
 //! fewer than two CPUs allowed, with `TALLY_REPLAY_PLACEMENT=off`, and wherever the
@@ -15,7 +15,8 @@
 
 use rustix::thread::CpuSet;
 
-/// The environment variable that turns placement off (`off`).
+/// The environment variable that turns placement off (`off`; `on`, the default, or unset
+/// leaves it on).
 pub const PLACEMENT_TUNABLE: &str = "TALLY_REPLAY_PLACEMENT";
 
 /// The CPUs allowed to the process, split between the applying thread and its helpers.
@@ -30,8 +31,15 @@ impl Placement {
     /// The split of the calling thread's allowed CPUs: the last for the applying thread,
     /// the rest for the helpers. `None` when there is nothing to split or it is turned off.
     pub fn split() -> Option<Placement> {
-        if std::env::var(PLACEMENT_TUNABLE).is_ok_and(|value| value == "off") {
-            return None;
+        match std::env::var(PLACEMENT_TUNABLE).as_deref() {
+            Ok("off") => return None,
+            Ok("on") | Err(std::env::VarError::NotPresent) => {}
+            Ok(other) => eprintln!(
+                "warning: {PLACEMENT_TUNABLE}={other:?} is neither \"on\" nor \"off\"; threads are placed"
+            ),
+            Err(std::env::VarError::NotUnicode(_)) => eprintln!(
+                "warning: {PLACEMENT_TUNABLE} is not UTF-8, so neither \"on\" nor \"off\"; threads are placed"
+            ),
         }
         let allowed = rustix::thread::sched_getaffinity(None).ok()?;
         Placement::split_of(allowed)
@@ -57,18 +65,12 @@ impl Placement {
 
     /// Moves the calling thread, the applying one, to its CPU until the guard is dropped
     /// (then it may run on any allowed CPU again). Threads it starts inherit its CPU:
-    /// each helper calls `place_helper` first.
+    /// each helper calls [`place_helper`] first.
     pub fn place_applier(&self) -> Placed {
         let placed = rustix::thread::sched_setaffinity(None, &self.applier).is_ok();
         Placed {
             restore: placed.then_some(self.allowed),
         }
-    }
-
-    /// Moves the calling thread, a helper, to the helpers' CPUs.
-    pub fn place_helper(&self) {
-        // A refusal leaves the helper where it is: slower, the same results.
-        let _ = rustix::thread::sched_setaffinity(None, &self.helpers);
     }
 }
 
@@ -86,10 +88,11 @@ impl Drop for Placed {
     }
 }
 
-/// Places the calling thread as a helper, if there is a placement.
+/// Moves the calling thread, a helper, to the helpers' CPUs, if there is a placement.
 pub fn place_helper(placement: Option<Placement>) {
     if let Some(placement) = placement {
-        placement.place_helper();
+        // A refusal leaves the helper where it is: slower, the same results.
+        let _ = rustix::thread::sched_setaffinity(None, &placement.helpers);
     }
 }
 

@@ -490,8 +490,9 @@ pub fn run(options: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
             let capacity = options.capacity.or(peeked.map(|(_, capacity)| capacity));
             // The evidence is loaded only once the storage is adopted: the other core
             // prepares that first.
-            let evidence = peeked
-                .map(|(index, _)| SnapshotEvidence::new(&storage, snapshot_dir.clone(), index));
+            let evidence = peeked.map(|(index, _)| {
+                SnapshotEvidence::new(&storage, snapshot_dir.clone(), index, placement)
+            });
             Replay::from_genesis(options, capacity, evidence, range)?
         }
     };
@@ -623,7 +624,7 @@ fn populate_in_order(room: [UntouchedMemory; 2], stop: &AtomicBool, applied: &At
             if share(records.bytes, step) <= written + POPULATE_LEAD_BYTES {
                 break;
             }
-            std::thread::sleep(std::time::Duration::from_millis(1));
+            std::thread::sleep(Duration::from_millis(1));
         }
         for memory in [records, links] {
             let share = |step: usize| share(memory.bytes, step);
@@ -742,27 +743,35 @@ struct SnapshotEvidence {
     recorded: Option<Checkpoint>,
     /// The replay's state at `index`, and how far it was verified then.
     replayed: Option<(Checkpoint, Option<u64>)>,
+    /// Where its thread runs: with the replay's other helpers.
+    placement: Option<Placement>,
 }
 
 impl SnapshotEvidence {
     /// The snapshot whose first bytes said it covers entries through `index`; nothing is
     /// loaded until `start`.
-    fn new(storage: &Arc<dyn Storage>, dir: PathBuf, index: u64) -> SnapshotEvidence {
+    fn new(
+        storage: &Arc<dyn Storage>,
+        dir: PathBuf,
+        index: u64,
+        placement: Option<Placement>,
+    ) -> SnapshotEvidence {
         SnapshotEvidence {
             index,
             source: Some((Arc::clone(storage), dir)),
             restoring: None,
             recorded: None,
             replayed: None,
+            placement,
         }
     }
 
     /// Loads (verified) the snapshot and reads its state's digest, on a thread of its own.
-    fn start(&mut self, placement: Option<Placement>) {
+    fn start(&mut self) {
         let Some((storage, dir)) = self.source.take() else {
             return;
         };
-        let index = self.index;
+        let (index, placement) = (self.index, self.placement);
         let restoring = std::thread::Builder::new()
             .name("replay-snapshot".into())
             .spawn(move || {
@@ -786,13 +795,9 @@ impl SnapshotEvidence {
 
     /// The snapshot's state, once restored (`wait`: start it if need be and block until
     /// it is).
-    fn recorded(
-        &mut self,
-        wait: bool,
-        placement: Option<Placement>,
-    ) -> Result<Option<Checkpoint>, ReplayError> {
+    fn recorded(&mut self, wait: bool) -> Result<Option<Checkpoint>, ReplayError> {
         if wait {
-            self.start(placement);
+            self.start();
         }
         if let Some(restoring) = self
             .restoring
@@ -1017,7 +1022,7 @@ impl<'a> Replay<'a> {
         };
         self.ledger.adopt_storage(storage);
         if let Some(evidence) = &mut self.snapshot_evidence {
-            evidence.start(self.placement);
+            evidence.start();
         }
     }
 
@@ -1138,7 +1143,7 @@ impl<'a> Replay<'a> {
         let Some((replayed, verified_through)) = evidence.replayed else {
             return Ok(None);
         };
-        let Some(recorded) = evidence.recorded(wait, self.placement)? else {
+        let Some(recorded) = evidence.recorded(wait)? else {
             return Ok(None);
         };
         let index = evidence.index;
