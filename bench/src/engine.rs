@@ -10,7 +10,9 @@ use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tally_engine::limits::BATCH_EVENTS_MAX;
-use tally_engine::{Account, CreateTransferResult, IdIndex, Ledger, Transfer, TransferFlags};
+use tally_engine::{
+    Account, CreateTransferResult, IdIndex, Ledger, SequentialIdIndex, Transfer, TransferFlags,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Workload {
@@ -54,6 +56,14 @@ pub struct Args {
     /// rehash) during the run, instead of `Ledger::with_capacity` sized and touched up front.
     #[arg(long)]
     grow: bool,
+    /// Account capacity of the ledger (default: `--accounts`), e.g. a node's
+    /// `TALLY_ACCOUNTS_MAX`: a larger one spreads the accounts' index slots over more memory.
+    #[arg(long)]
+    accounts_max: Option<usize>,
+    /// Transfer capacity of the ledger (default: `--transfers`), e.g. a node's
+    /// `TALLY_TRANSFERS_MAX`: a larger one spreads the transfer ids' index over more memory.
+    #[arg(long)]
+    transfers_max: Option<usize>,
 }
 
 const LEDGER: u32 = 1;
@@ -158,7 +168,10 @@ fn run_engine(
     let mut ledger = if args.grow {
         Ledger::new()
     } else {
-        Ledger::with_capacity(args.accounts, args.transfers)
+        Ledger::with_capacity(
+            args.accounts_max.unwrap_or(args.accounts),
+            args.transfers_max.unwrap_or(args.transfers),
+        )
     };
     let mut timestamp = 1;
     for chunk in accounts.chunks(BATCH_EVENTS_MAX) {
@@ -199,13 +212,13 @@ fn run_engine(
 /// 128-byte account records. The post of a two-phase workload carries no account ids, so there it
 /// looks up the pending transfer's record and its accounts first, as the engine must.
 fn run_baseline(args: &Args, accounts: &[Account], batches: &[Vec<Transfer>]) -> Duration {
-    let mut indexes = IdIndex::with_capacity(accounts.len());
+    let mut indexes = IdIndex::<false>::with_capacity(accounts.len());
     let mut records: Vec<Account> = Vec::with_capacity(accounts.len());
     for (index, account) in accounts.iter().enumerate() {
         records.push(*account);
         indexes.insert(account.id, index as u32, |index| records[index as usize].id);
     }
-    let mut pending_indexes = IdIndex::new();
+    let mut pending_indexes = SequentialIdIndex::new();
     let mut pending_records: Vec<Transfer> = Vec::new();
     if args.workload == Workload::TwoPhase {
         pending_indexes.reserve(args.transfers);

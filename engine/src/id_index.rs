@@ -1,17 +1,28 @@
 //! `IdIndex`: the id → record index map of accounts and transfers.
 //!
-//! Open addressing with linear probing over one `Vec<u64>`. A slot holds the top 32 bits of the
-//! id's hash (the fingerprint) and the record's `u32` index; the id itself is not stored, it is
-//! already in the record, and a fingerprint match is confirmed by comparing against it. Compared
-//! with a `HashMap<u128, u32>` (32-byte buckets, as `u128` is 16-byte aligned, plus a control
-//! byte) a slot is 8 bytes, so the table is a quarter of the size and a probe of an absent id (the
-//! common case: a new transfer) touches one cache line and no record.
+//! Open addressing with linear probing over one `Vec<u64>`. A slot holds a 32-bit fingerprint of
+//! the id and the record's `u32` index; the id itself is not stored, it is already in the record,
+//! and a fingerprint match is confirmed by comparing against it. Compared with a
+//! `HashMap<u128, u32>` (32-byte buckets, as `u128` is 16-byte aligned, plus a control byte) a
+//! slot is 8 bytes, so the table is a quarter of the size and a probe of an absent id (the common
+//! case: a new transfer) touches one cache line and no record.
 //!
-//! The home slot of an id is the top bits of its fingerprint, so growing to twice the slots needs
-//! neither the ids nor a rehash: every entry moves to the home its own fingerprint names, and the
-//! entries, ordered by home already, are read and written front to back. Removal (only a rolled
-//! back linked chain removes) shifts the following entries back; there are no tombstones, so a
-//! probe never walks further than the cluster it starts in.
+//! Slots come in groups of `GROUP_SLOTS` (8 slots, one cache line). The home slot of an id is in
+//! the group named by the top bits of its fingerprint, at the offset named by its low 3 bits. Two
+//! kinds of fingerprint fill it (the `SEQUENTIAL` parameter):
+//! - *scattered* (accounts): the top 32 bits of the id's hash, as `fingerprint`. Every id lands
+//!   anywhere.
+//! - *sequential* (transfers): as `sequential_fingerprint`, the hash of the id without its low 3
+//!   bits, with those 3 bits as its own low bits. Ids that differ only there (8 consecutive ids,
+//!   as clients that number their transfers send them) share a group and fill its line side by
+//!   side: a batch of consecutive ids misses cache once per 8 transfers, not once per transfer,
+//!   in a table sized for the ledger's capacity (512 MiB for 32M transfers), which is far larger
+//!   than any cache. Ids without that pattern spread as before (docs/design.md §2).
+//!
+//! Growing to twice the slots needs neither the ids nor a rehash: every entry moves to the home
+//! its own fingerprint names. Removal (only a rolled back linked chain removes) shifts the
+//! following entries back; there are no tombstones, so a probe never walks further than the
+//! cluster it starts in.
 //!
 //! Nothing iterates the table, so its order is never observable. The hash is `IdHasher`'s fixed,
 //! public mix (see `id_hash.rs` on hash flooding).
@@ -28,6 +39,12 @@ const SLOTS_MIN: usize = 16;
 /// Bits of the hash kept in a slot: a table has at most 2^32 slots.
 const FINGERPRINT_BITS: u32 = 32;
 
+/// Slots of a group (one cache line), and the low fingerprint bits that choose one of them.
+const GROUP_SLOTS: usize = 8;
+const GROUP_BITS: u32 = GROUP_SLOTS.trailing_zeros();
+const _: () = assert!(SLOTS_MIN >= 2 * GROUP_SLOTS);
+const _: () = assert!(GROUP_SLOTS * core::mem::size_of::<u64>() == 64);
+
 /// What `IdIndex::probe` found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Probe {
@@ -37,20 +54,32 @@ pub enum Probe {
     Vacant(usize),
 }
 
+/// The map; `SEQUENTIAL` chooses how ids are fingerprinted (see the module's documentation).
 #[derive(Clone, Debug, Default)]
-pub struct IdIndex {
+pub struct IdIndex<const SEQUENTIAL: bool = false> {
     /// Empty, or a power of two of at least `SLOTS_MIN`.
     slots: Vec<u64>,
     len: usize,
     /// `slots.len() - 1` (0 when empty).
     mask: usize,
-    /// `FINGERPRINT_BITS - log2(slots.len())`: a fingerprint shifted right by it is its home.
+    /// `FINGERPRINT_BITS - log2(slots.len())`: a fingerprint shifted right by it and
+    /// `GROUP_BITS` more is its group.
     shift: u32,
 }
 
-/// The top 32 bits of the id's hash: kept in the slot, and the slot's home in its top bits.
+/// The transfers' index: consecutive ids share a cache line.
+pub type SequentialIdIndex = IdIndex<true>;
+
+/// The scattered fingerprint: the top 32 bits of the id's hash.
 pub fn fingerprint(id: u128) -> u32 {
     (hash_id(id) >> 32) as u32
+}
+
+/// The sequential fingerprint: the top bits of the hash of the id without its low `GROUP_BITS`
+/// bits, then those bits. Ids that differ only there share a group of slots.
+pub fn sequential_fingerprint(id: u128) -> u32 {
+    let low = (id as u32) & (GROUP_SLOTS as u32 - 1);
+    (fingerprint(id >> GROUP_BITS) & !(GROUP_SLOTS as u32 - 1)) | low
 }
 
 fn entry(fingerprint: u32, index: u32) -> u64 {
@@ -71,14 +100,25 @@ fn slots_for(count: usize) -> usize {
     (count * 2).next_power_of_two().max(SLOTS_MIN)
 }
 
-impl IdIndex {
-    pub fn new() -> IdIndex {
-        IdIndex::default()
+impl<const SEQUENTIAL: bool> IdIndex<SEQUENTIAL> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The fingerprint this index gives `id`: what callers of the `_fingerprinted` methods,
+    /// `probe`, `insert_vacant` and `prefetch_home` pass.
+    #[inline(always)]
+    pub fn fingerprint(id: u128) -> u32 {
+        if SEQUENTIAL {
+            sequential_fingerprint(id)
+        } else {
+            fingerprint(id)
+        }
     }
 
     /// A table that takes `count` entries without growing.
-    pub fn with_capacity(count: usize) -> IdIndex {
-        let mut index = IdIndex::new();
+    pub fn with_capacity(count: usize) -> Self {
+        let mut index = Self::new();
         index.reserve(count);
         index
     }
@@ -87,7 +127,7 @@ impl IdIndex {
     /// bytes) after it is allocated and before it is first written: a caller may ask the operating
     /// system for huge pages there, as a large table is read and written at random. Whatever
     /// `advise` does, the table is the same.
-    pub fn with_capacity_advised(count: usize, advise: impl FnOnce(*const u8, usize)) -> IdIndex {
+    pub fn with_capacity_advised(count: usize, advise: impl FnOnce(*const u8, usize)) -> Self {
         let slots_count = slots_for(count);
         let mut slots: Vec<u64> = Vec::with_capacity(slots_count);
         advise(
@@ -95,7 +135,7 @@ impl IdIndex {
             slots.capacity() * core::mem::size_of::<u64>(),
         );
         slots.resize(slots_count, EMPTY);
-        let mut index = IdIndex::new();
+        let mut index = Self::new();
         let old = std::mem::replace(&mut index.slots, slots);
         index.place(old, slots_count);
         index
@@ -140,17 +180,20 @@ impl IdIndex {
         self.mask
     }
 
+    /// The group named by the fingerprint's top bits, the slot in it by its low bits.
+    #[inline(always)]
     fn home(&self, fingerprint: u32) -> usize {
-        // Shifting a u64 keeps a shift of 32 (one slot; never reached: SLOTS_MIN) well defined.
-        ((fingerprint as u64) >> self.shift) as usize
+        let group = (fingerprint as u64) >> (self.shift + GROUP_BITS);
+        let offset = fingerprint as usize & (GROUP_SLOTS - 1);
+        ((group as usize) << GROUP_BITS) | offset
     }
 
     /// The index stored for `id`; `id_at(index)` returns the id of a stored record.
     pub fn get(&self, id: u128, id_at: impl Fn(u32) -> u128) -> Option<u32> {
-        self.get_fingerprinted(id, fingerprint(id), id_at)
+        self.get_fingerprinted(id, Self::fingerprint(id), id_at)
     }
 
-    /// `get` with the id's `fingerprint(id)` computed once by the caller.
+    /// `get` with the id's `Self::fingerprint(id)` computed once by the caller.
     pub fn get_fingerprinted(
         &self,
         id: u128,
@@ -253,7 +296,7 @@ impl IdIndex {
     /// Stores `index` for `id`, which must not be stored yet (asserted).
     pub fn insert(&mut self, id: u128, index: u32, id_at: impl Fn(u32) -> u128) {
         self.reserve(1);
-        let fingerprint = fingerprint(id);
+        let fingerprint = Self::fingerprint(id);
         let mask = self.mask();
         let mut position = self.home(fingerprint);
         for _ in 0..self.slots.len() {
@@ -277,7 +320,7 @@ impl IdIndex {
         if self.slots.is_empty() {
             return None;
         }
-        let fingerprint = fingerprint(id);
+        let fingerprint = Self::fingerprint(id);
         let mask = self.mask();
         let mut position = self.home(fingerprint);
         for _ in 0..self.slots.len() {
@@ -317,7 +360,7 @@ impl IdIndex {
 
     /// Moves the entries into `room` (an empty table, made elsewhere so that its memory is
     /// touched there) and takes its place, if `room` has more slots; else drops `room`.
-    pub fn move_into(&mut self, room: IdIndex) {
+    pub fn move_into(&mut self, room: Self) {
         assert!(room.is_empty());
         if room.slots.len() <= self.slots.len() {
             return;
@@ -356,12 +399,12 @@ mod tests {
     use super::*;
 
     /// Records as the ledger keeps them: the id lives in the record, the index only points.
-    struct Records {
+    struct Records<const SEQUENTIAL: bool = false> {
         ids: Vec<u128>,
-        index: IdIndex,
+        index: IdIndex<SEQUENTIAL>,
     }
 
-    impl Records {
+    impl<const SEQUENTIAL: bool> Records<SEQUENTIAL> {
         fn push(&mut self, id: u128) {
             let position = self.ids.len() as u32;
             self.ids.push(id);
@@ -385,10 +428,19 @@ mod tests {
 
     #[test]
     fn finds_what_was_inserted_across_growth_and_removal() {
-        let mut records = Records {
+        finds_what_was_inserted_across_growth_and_removal_in(Records::<false> {
             ids: Vec::new(),
             index: IdIndex::new(),
-        };
+        });
+        finds_what_was_inserted_across_growth_and_removal_in(Records::<true> {
+            ids: Vec::new(),
+            index: IdIndex::new(),
+        });
+    }
+
+    fn finds_what_was_inserted_across_growth_and_removal_in<const SEQUENTIAL: bool>(
+        mut records: Records<SEQUENTIAL>,
+    ) {
         assert_eq!(records.get(1), None);
         // Sequential ids, then ids spread over the whole u128 range.
         let ids: Vec<u128> = (1..5_000u128)
@@ -418,11 +470,14 @@ mod tests {
     #[test]
     fn colliding_fingerprints_are_told_apart_by_the_record() {
         // A table of 16 slots and ids whose homes collide: every probe walks a cluster.
-        let mut records = Records {
+        let mut records = Records::<false> {
             ids: Vec::new(),
             index: IdIndex::new(),
         };
-        let home = |id: u128| fingerprint(id) >> 28;
+        let home = |id: u128| {
+            let fingerprint = fingerprint(id);
+            ((fingerprint >> 31) << GROUP_BITS) | (fingerprint & 7)
+        };
         let colliding: Vec<u128> = (1..10_000u128)
             .filter(|id| home(*id) == 15)
             .take(7)
@@ -444,7 +499,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "id inserted twice")]
     fn inserting_an_id_twice_panics() {
-        let mut records = Records {
+        let mut records = Records::<false> {
             ids: Vec::new(),
             index: IdIndex::new(),
         };
@@ -455,16 +510,16 @@ mod tests {
     #[test]
     fn an_advised_table_is_the_table_with_capacity_and_advice_sees_all_its_memory() {
         let mut advised = None;
-        let index = IdIndex::with_capacity_advised(1_000, |address, bytes| {
+        let index = IdIndex::<false>::with_capacity_advised(1_000, |address, bytes| {
             advised = Some((address as usize, bytes));
         });
-        let plain = IdIndex::with_capacity(1_000);
+        let plain = IdIndex::<false>::with_capacity(1_000);
         assert_eq!(index.slots, plain.slots);
         assert_eq!((index.mask, index.shift), (plain.mask, plain.shift));
         let (address, bytes) = advised.expect("advice asked");
         assert_eq!(address, index.slots.as_ptr() as usize);
         assert_eq!(bytes, index.memory_bytes());
-        let mut records = Records {
+        let mut records = Records::<false> {
             ids: Vec::new(),
             index,
         };
@@ -473,5 +528,48 @@ mod tests {
         }
         assert_eq!(records.index.slots.len(), plain.slots.len(), "no growth");
         assert!((1..=1_000u128).all(|id| records.get(id) == Some(id as u32 - 1)));
+    }
+
+    /// What the sequential fingerprint is for: consecutive ids fill one group's line side by
+    /// side, where scattered ones land anywhere; both find every id.
+    #[test]
+    fn consecutive_ids_share_a_cache_line_in_a_sequential_index() {
+        let mut sequential = Records::<true> {
+            ids: Vec::new(),
+            index: IdIndex::with_capacity(1 << 16),
+        };
+        let mut scattered = Records::<false> {
+            ids: Vec::new(),
+            index: IdIndex::with_capacity(1 << 16),
+        };
+        let first = 0x1234_5678_9abc_def0_0000_0000_0001_0000u128;
+        for id in first..first + 8 {
+            sequential.push(id);
+            scattered.push(id);
+        }
+        let homes = |index: &IdIndex<true>| -> Vec<usize> {
+            (first..first + 8)
+                .map(|id| index.home(IdIndex::<true>::fingerprint(id)))
+                .collect()
+        };
+        let homes = homes(&sequential.index);
+        assert_eq!(homes[0] % GROUP_SLOTS, 0);
+        assert!(homes
+            .iter()
+            .enumerate()
+            .all(|(j, home)| *home == homes[0] + j));
+        let lines: std::collections::BTreeSet<usize> = (first..first + 8)
+            .map(|id| scattered.index.home(IdIndex::<false>::fingerprint(id)) / GROUP_SLOTS)
+            .collect();
+        assert!(lines.len() > 1, "scattered ids spread over lines");
+        for (position, id) in (first..first + 8).enumerate() {
+            assert_eq!(sequential.get(id), Some(position as u32));
+            assert_eq!(scattered.get(id), Some(position as u32));
+        }
+        // The next 8 ids take another group.
+        let next = sequential
+            .index
+            .home(IdIndex::<true>::fingerprint(first + 8));
+        assert_ne!(next / GROUP_SLOTS, homes[0] / GROUP_SLOTS);
     }
 }

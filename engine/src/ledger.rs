@@ -7,7 +7,7 @@ use xxhash_rust::xxh3::{xxh3_128, Xxh3};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::id_hash::{hash_id, IdSet};
-use crate::id_index::{fingerprint, IdIndex, Probe};
+use crate::id_index::{fingerprint, IdIndex, Probe, SequentialIdIndex};
 use crate::limits::{
     ACCOUNTS_MAX, BATCH_EVENTS_MAX, EVENT_SIZE, HISTORY_ROWS_MAX, LOOKAHEAD_EVENTS,
     NANOSECONDS_PER_SECOND, TRANSFERS_MAX,
@@ -227,8 +227,8 @@ struct ChainMarks {
 struct Hint {
     /// The event's lanes (`record_hash`), for the batch's events hash and the stored record's.
     lanes: Lanes,
-    /// `id_hash::hash_id(event.id)`; its top 32 bits are the id's fingerprint.
-    id_hash: u64,
+    /// `SequentialIdIndex::fingerprint(event.id)`: the id's in the transfers' index.
+    id_fingerprint: u32,
     /// Plain or pending: `hash_id` of the event's debit and credit account ids (for the digest).
     debit_hash: u64,
     credit_hash: u64,
@@ -244,11 +244,12 @@ struct Hint {
 #[derive(Clone, Copy, Debug)]
 struct EventHashes {
     lanes: Lanes,
-    id_hash: u64,
+    /// `SequentialIdIndex::fingerprint(event.id)`.
+    id_fingerprint: u32,
     /// Plain or pending: `hash_id` of the debit and credit account ids; else 0.
     debit_hash: u64,
     credit_hash: u64,
-    /// Post or void: `fingerprint(pending_id)`; else 0.
+    /// Post or void: `SequentialIdIndex::fingerprint(pending_id)`; else 0.
     pending_fingerprint: u32,
 }
 
@@ -257,7 +258,7 @@ impl EventHashes {
     fn of(event: &Transfer) -> EventHashes {
         let resolving = TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER;
         let (debit_hash, credit_hash, pending_fingerprint) = if event.flags & resolving != 0 {
-            (0, 0, fingerprint(event.pending_id))
+            (0, 0, SequentialIdIndex::fingerprint(event.pending_id))
         } else {
             (
                 hash_id(event.debit_account_id),
@@ -267,7 +268,7 @@ impl EventHashes {
         };
         EventHashes {
             lanes: Lanes::of(record_bytes(event)),
-            id_hash: hash_id(event.id),
+            id_fingerprint: SequentialIdIndex::fingerprint(event.id),
             debit_hash,
             credit_hash,
             pending_fingerprint,
@@ -285,13 +286,6 @@ impl EventHashes {
 #[derive(Debug, Default)]
 pub struct Prepared {
     hashes: Vec<EventHashes>,
-}
-
-impl Hint {
-    /// `id_index::fingerprint(event.id)`.
-    fn id_fingerprint(&self) -> u32 {
-        (self.id_hash >> 32) as u32
-    }
 }
 
 /// A result and the timestamp reported with it.
@@ -328,7 +322,7 @@ pub struct Ledger {
     /// In creation (= timestamp) order.
     pub(crate) transfers: Vec<Aligned<Transfer>>,
     pub(crate) transfer_links: Vec<TransferLinks>,
-    pub(crate) transfer_indexes: IdIndex,
+    pub(crate) transfer_indexes: SequentialIdIndex,
 
     /// Status of every transfer created with `pending`, by transfer index.
     pub(crate) pending_statuses: PendingStatuses,
@@ -437,7 +431,7 @@ pub(crate) fn expires_at(transfer: &Transfer) -> Option<u64> {
 pub struct TransferStorage {
     records: Vec<Aligned<Transfer>>,
     links: Vec<TransferLinks>,
-    indexes: IdIndex,
+    indexes: SequentialIdIndex,
 }
 
 impl TransferStorage {
@@ -452,7 +446,7 @@ impl TransferStorage {
         };
         reserve_touched(&mut links, transfers, blank);
         // A new table's slots are written (all empty) as it is made: touched here.
-        let indexes = IdIndex::with_capacity(transfers);
+        let indexes = SequentialIdIndex::with_capacity(transfers);
         TransferStorage {
             records,
             links,
@@ -472,7 +466,7 @@ impl TransferStorage {
         TransferStorage {
             records: Vec::new(),
             links: Vec::new(),
-            indexes: IdIndex::with_capacity_advised(transfers, advise),
+            indexes: SequentialIdIndex::with_capacity_advised(transfers, advise),
         }
     }
 }
@@ -635,7 +629,7 @@ impl Ledger {
             account_indexes: IdIndex::new(),
             transfers: Vec::new(),
             transfer_links: Vec::new(),
-            transfer_indexes: IdIndex::new(),
+            transfer_indexes: SequentialIdIndex::new(),
             pending_statuses: PendingStatuses::default(),
             expiries: BTreeMap::new(),
             failed_ids: IdSet::default(),
@@ -1268,8 +1262,8 @@ impl Ledger {
             }
             if let Some(ahead) = events.get(index + LOOKAHEAD_EVENTS) {
                 let fingerprint = match prepared {
-                    Some(prepared) => (prepared[index + LOOKAHEAD_EVENTS].id_hash >> 32) as u32,
-                    None => fingerprint(ahead.id),
+                    Some(prepared) => prepared[index + LOOKAHEAD_EVENTS].id_fingerprint,
+                    None => SequentialIdIndex::fingerprint(ahead.id),
                 };
                 self.transfer_indexes.prefetch_home(fingerprint);
             }
@@ -1369,7 +1363,7 @@ impl Ledger {
             }
             hints.push(Hint {
                 lanes: hashes.lanes,
-                id_hash: hashes.id_hash,
+                id_fingerprint: hashes.id_fingerprint,
                 debit_hash: hashes.debit_hash,
                 credit_hash: hashes.credit_hash,
                 debit: NONE,
@@ -1380,7 +1374,7 @@ impl Ledger {
         let (transfer_indexes, account_indexes) = (&self.transfer_indexes, &self.account_indexes);
         for ((event, hint), fingerprints) in events.iter().zip(hints.iter()).zip(&fingerprints) {
             if !ids_prefetched {
-                transfer_indexes.prefetch_home(hint.id_fingerprint());
+                transfer_indexes.prefetch_home(hint.id_fingerprint);
             }
             if event.flags & resolving != 0 {
                 transfer_indexes.prefetch_home(fingerprints[0]);
@@ -1521,7 +1515,7 @@ impl Ledger {
         let transfers = &self.transfers;
         let existing =
             self.transfer_indexes
-                .get_fingerprinted(event.id, hint.id_fingerprint(), |index| {
+                .get_fingerprinted(event.id, hint.id_fingerprint, |index| {
                     transfers[index as usize].id
                 });
         if let Some(index) = existing {
@@ -1595,7 +1589,7 @@ impl Ledger {
         let transfers = &self.transfers;
         let vacant = match self
             .transfer_indexes
-            .probe(event.id, hint.id_fingerprint(), |index| {
+            .probe(event.id, hint.id_fingerprint, |index| {
                 transfers[index as usize].id
             }) {
             Probe::Found(_) => return false,
@@ -1660,7 +1654,9 @@ impl Ledger {
             .wrapping_add(stored.finish(record_hash::SEED_TRANSFER));
         if pending {
             let status = PendingStatus::Pending as u8;
-            self.digest = self.digest.wrapping_add(status_term(hint.id_hash, status));
+            self.digest = self
+                .digest
+                .wrapping_add(status_term(hash_id(event.id), status));
         }
         let transfer_index = self.transfers.len() as u32;
         assert!(self.transfers.len() < self.transfers_max);
@@ -1670,7 +1666,7 @@ impl Ledger {
         record.timestamp = timestamp;
         push_streaming(&mut self.transfers, &record);
         self.transfer_indexes
-            .insert_vacant(vacant, hint.id_fingerprint(), transfer_index);
+            .insert_vacant(vacant, hint.id_fingerprint, transfer_index);
         self.link_transfer(transfer_index, debit_index, credit_index);
         if pending {
             self.pending_statuses.push_transfer_pending();

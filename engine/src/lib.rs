@@ -26,7 +26,7 @@ mod stream;
 mod types;
 
 pub use id_hash::{IdBuildHasher, IdHasher, IdMap, IdSet};
-pub use id_index::{IdIndex, Probe};
+pub use id_index::{IdIndex, Probe, SequentialIdIndex};
 pub use ledger::{BatchError, Ledger, Prepared, TransferStorage, UntouchedMemory};
 pub use results::{CreateAccountResult, CreateTransferResult};
 pub use snapshot::SnapshotError;
