@@ -164,11 +164,36 @@ impl PendingStatuses {
     }
 }
 
-/// Heads of an account's intrusive lists (newest first). Derived state: rebuilt on restore.
+/// Head of an account's balance history list (newest first). Derived state: rebuilt on restore.
+/// The head of its transfer list is in its record (`transfers_head`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct AccountLinks {
-    pub(crate) transfers_head: u32,
     pub(crate) history_head: u32,
+}
+
+/// The newest transfer of an account (`NONE` if it has none): the head of its transfer list
+/// (newest first), derived state rebuilt on restore. It is kept in the stored record's
+/// `reserved` field, plus one (so a new record's zero means none), which every transfer of the
+/// account already brings into cache and writes: in a separate array it cost each account of
+/// each transfer a cache miss of its own (docs/design.md §2). Clients never see it: every
+/// record that leaves the ledger goes through `public_account`, and the digest's terms do not
+/// read it.
+#[inline(always)]
+pub(crate) fn transfers_head(account: &Account) -> u32 {
+    account.reserved.wrapping_sub(1)
+}
+
+#[inline(always)]
+pub(crate) fn set_transfers_head(account: &mut Account, head: u32) {
+    account.reserved = head.wrapping_add(1);
+}
+
+/// A stored account record as clients see it: `reserved` zero.
+pub(crate) fn public_account(account: &Account) -> Account {
+    Account {
+        reserved: 0,
+        ..*account
+    }
 }
 
 /// For each transfer, the previous transfer of its debit account and of its credit account.
@@ -541,10 +566,7 @@ impl Ledger {
         let accounts = accounts.min(self.accounts_max - self.accounts.len());
         let transfers = transfers.min(self.transfers_max.saturating_sub(self.transfers.len()));
         reserve_touched(&mut self.accounts, accounts, Aligned(Account::default()));
-        let heads = AccountLinks {
-            transfers_head: NONE,
-            history_head: NONE,
-        };
+        let heads = AccountLinks { history_head: NONE };
         reserve_touched(&mut self.account_links, accounts, heads);
         self.account_indexes.reserve(accounts);
         reserve_touched(&mut self.transfers, transfers, Aligned(Transfer::default()));
@@ -989,16 +1011,10 @@ impl Ledger {
         let credit_index = self
             .account_index_of(transfer.credit_account_id)
             .expect("account") as usize;
-        assert_eq!(
-            self.account_links[debit_index].transfers_head,
-            transfer_index
-        );
-        assert_eq!(
-            self.account_links[credit_index].transfers_head,
-            transfer_index
-        );
-        self.account_links[debit_index].transfers_head = links.debit_previous;
-        self.account_links[credit_index].transfers_head = links.credit_previous;
+        assert_eq!(transfers_head(&self.accounts[debit_index]), transfer_index);
+        assert_eq!(transfers_head(&self.accounts[credit_index]), transfer_index);
+        set_transfers_head(&mut self.accounts[debit_index], links.debit_previous);
+        set_transfers_head(&mut self.accounts[credit_index], links.credit_previous);
         if transfer.has_flag(TransferFlags::PENDING) {
             let status = self.pending_statuses.remove(transfer_index);
             assert_eq!(status, Some(PendingStatus::Pending));
@@ -1127,10 +1143,8 @@ impl Ledger {
             timestamp,
             ..*event
         }));
-        self.account_links.push(AccountLinks {
-            transfers_head: NONE,
-            history_head: NONE,
-        });
+        assert_eq!(transfers_head(&self.accounts[account_index as usize]), NONE);
+        self.account_links.push(AccountLinks { history_head: NONE });
         let accounts = &self.accounts;
         self.account_indexes
             .insert(event.id, account_index, |index| accounts[index as usize].id);
@@ -1395,7 +1409,6 @@ impl Ledger {
                     let bytes = record_bytes(&account.0);
                     prefetch(&bytes[0]);
                     prefetch(&bytes[64]);
-                    prefetch(&self.account_links[*candidate as usize]);
                 }
             }
         }
@@ -2128,14 +2141,10 @@ impl Ledger {
     #[inline(always)]
     fn link_transfer(&mut self, transfer_index: u32, debit_index: usize, credit_index: usize) {
         assert_eq!(self.transfer_links.len(), transfer_index as usize);
-        let debit_previous = std::mem::replace(
-            &mut self.account_links[debit_index].transfers_head,
-            transfer_index,
-        );
-        let credit_previous = std::mem::replace(
-            &mut self.account_links[credit_index].transfers_head,
-            transfer_index,
-        );
+        let debit_previous = transfers_head(&self.accounts[debit_index]);
+        set_transfers_head(&mut self.accounts[debit_index], transfer_index);
+        let credit_previous = transfers_head(&self.accounts[credit_index]);
+        set_transfers_head(&mut self.accounts[credit_index], transfer_index);
         self.transfer_links.push(TransferLinks {
             debit_previous,
             credit_previous,

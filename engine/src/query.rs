@@ -1,6 +1,6 @@
 //! Reads: lookups and per-account queries. Reads never change state and never go through the log.
 
-use crate::ledger::{Ledger, NONE};
+use crate::ledger::{public_account, transfers_head, Ledger, NONE};
 use crate::limits::{LOOKUP_IDS_MAX, QUERY_RESULTS_MAX};
 use crate::types::{Account, AccountBalance, AccountFilter, AccountFlags, Transfer};
 
@@ -22,7 +22,7 @@ impl Ledger {
         ids.iter()
             .take(LOOKUP_IDS_MAX)
             .filter_map(|id| self.account_index_of(*id))
-            .map(|index| *self.accounts[index as usize])
+            .map(|index| public_account(&self.accounts[index as usize]))
             .collect()
     }
 
@@ -44,7 +44,7 @@ impl Ledger {
         };
         let account_id = self.accounts[bounds.account_index].id;
         let mut matches = Vec::new();
-        let mut cursor = self.account_links[bounds.account_index].transfers_head;
+        let mut cursor = transfers_head(&self.accounts[bounds.account_index]);
         // Walk newest to oldest; the list is in timestamp order.
         while cursor != NONE {
             let transfer = &self.transfers[cursor as usize];

@@ -24,7 +24,8 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::id_hash::{hash_id, IdSet};
 use crate::ledger::{
-    expires_at, AccountLinks, Aligned, HistoryRow, Ledger, PendingStatus, TransferLinks, NONE,
+    expires_at, public_account, set_transfers_head, transfers_head, AccountLinks, Aligned,
+    HistoryRow, Ledger, PendingStatus, TransferLinks, NONE,
 };
 use crate::limits::{SNAPSHOT_HEADER_SIZE, SNAPSHOT_VERSION};
 use crate::state::{account_term, failed_id_term, history_term, status_term, transfer_term};
@@ -236,7 +237,7 @@ impl Ledger {
             bytes.extend_from_slice(&(count as u64).to_le_bytes());
         }
         for account in &self.accounts {
-            bytes.extend_from_slice(account.as_bytes());
+            bytes.extend_from_slice(public_account(account).as_bytes());
         }
         let mut tail = Vec::with_capacity(tail_size);
         for (index, status) in &pending {
@@ -503,13 +504,12 @@ impl Ledger {
                 .chunks_exact(128)
                 .map(|chunk| Aligned(Account::read_from_bytes(chunk).expect("128 bytes"))),
         );
-        self.account_links.resize(
-            count,
-            AccountLinks {
-                transfers_head: NONE,
-                history_head: NONE,
-            },
-        );
+        // `reserved` holds the head of the account's transfer list, which the transfers rebuild.
+        if self.accounts.iter().any(|account| account.reserved != 0) {
+            return Err(SnapshotError::Invalid("account reserved field not zero"));
+        }
+        self.account_links
+            .resize(count, AccountLinks { history_head: NONE });
         self.account_indexes.reserve(count);
         for index in 0..count {
             let id = self.accounts[index].id;
@@ -557,11 +557,11 @@ impl Ledger {
             }
             let (debit, credit) = (debit as usize, credit as usize);
             self.transfer_links.push(TransferLinks {
-                debit_previous: self.account_links[debit].transfers_head,
-                credit_previous: self.account_links[credit].transfers_head,
+                debit_previous: transfers_head(&self.accounts[debit]),
+                credit_previous: transfers_head(&self.accounts[credit]),
             });
-            self.account_links[debit].transfers_head = index as u32;
-            self.account_links[credit].transfers_head = index as u32;
+            set_transfers_head(&mut self.accounts[debit], index as u32);
+            set_transfers_head(&mut self.accounts[credit], index as u32);
         }
         Ok(())
     }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use zerocopy::IntoBytes;
 
 use crate::id_hash::{hash_id, IdMap};
-use crate::ledger::{balances_of, record_bytes, Ledger, PendingStatus};
+use crate::ledger::{balances_of, record_bytes, transfers_head, Ledger, PendingStatus, NONE};
 use crate::record_hash::{
     field_multiplier, lane_term, record_hash, Lanes, SEED_ACCOUNT, SEED_FAILED_ID,
     SEED_HISTORY_ROW, SEED_TRANSFER,
@@ -24,11 +24,13 @@ pub(crate) const FIELD_PENDING_STATUS: usize = 4;
 /// each balance times its field's multiplier. Linear in the balances, so a transfer updates the
 /// digest with one multiplication per balance it changes instead of rehashing two records.
 pub(crate) fn account_term(account: &Account) -> u128 {
+    // `reserved` is zero to clients; the ledger keeps a list head there (`transfers_head`).
     let fixed = Account {
         debits_pending: 0,
         debits_posted: 0,
         credits_pending: 0,
         credits_posted: 0,
+        reserved: 0,
         ..*account
     };
     let id_hash = hash_id(account.id);
@@ -204,6 +206,31 @@ impl Ledger {
         }
         for (index, account) in self.accounts.iter().enumerate().skip(1) {
             assert!(self.accounts[index - 1].timestamp < account.timestamp);
+        }
+        // Each account's transfer list starts at its newest transfer, and each transfer links
+        // to the one before it of the same account.
+        let mut heads = vec![NONE; self.accounts.len()];
+        for (index, (transfer, links)) in
+            self.transfers.iter().zip(&self.transfer_links).enumerate()
+        {
+            let debit = self
+                .account_index_of(transfer.debit_account_id)
+                .expect("account");
+            let credit = self
+                .account_index_of(transfer.credit_account_id)
+                .expect("account");
+            assert_eq!(links.debit_previous, heads[debit as usize]);
+            assert_eq!(links.credit_previous, heads[credit as usize]);
+            heads[debit as usize] = index as u32;
+            heads[credit as usize] = index as u32;
+        }
+        for (account, head) in self.accounts.iter().zip(heads) {
+            assert_eq!(
+                transfers_head(account),
+                head,
+                "transfer list of account {}",
+                account.id
+            );
         }
     }
 

@@ -217,6 +217,11 @@ proptest! {
             apply(&mut ledger, *gap, batch);
             ledger.check_invariants();
         }
+        // The ledger keeps a list head in each stored account's `reserved`; clients see zero.
+        let ids: Vec<u128> = (0..=ACCOUNT_IDS + 1).collect();
+        for account in ledger.lookup_accounts(&ids) {
+            prop_assert_eq!(account.reserved, 0, "account {}", account.id);
+        }
     }
 
     #[test]
