@@ -2,7 +2,9 @@
 //! and `hot`.
 //!
 //! Tally: a single node (`tally start` on a temporary directory, fresh for every run), binary
-//! batches of 8189, closed loop; then open loop at half the uniform maximum for the latency
+//! batches of 8189, closed loop, over 4 and over 8 connections (`--tally-connections`; its best
+//! per workload counts, as PostgreSQL's does: on two cores that the load generator shares, how
+//! many batches are in flight decides how well the node's stages overlap); then open loop at half the uniform maximum for the latency
 //! target, in batches of 2048 over 8 connections, measured after a warm-up of the same load
 //! on the same node. (At a million transfers a second a client fills a batch of 8189 in 8 ms
 //! and one of 2048 in 2 ms: the wait to be batched is latency to whoever sent the transfer,
@@ -46,9 +48,9 @@ pub(crate) struct Args {
     /// Seconds of each Tally run.
     #[arg(long, default_value_t = 10)]
     tally_seconds: u64,
-    /// Connections sending Tally's binary batches.
-    #[arg(long, default_value_t = 4)]
-    tally_connections: usize,
+    /// Connection counts to try for Tally's closed-loop binary batches (the best counts).
+    #[arg(long, value_delimiter = ',', default_value = "4,8")]
+    tally_connections: Vec<usize>,
     /// Seconds of each PostgreSQL configuration.
     #[arg(long, default_value_t = 5)]
     postgres_seconds: u64,
@@ -85,6 +87,12 @@ pub(crate) struct Comparison {
     /// PostgreSQL's best configuration per workload, e.g. `batch x100, 32 clients`.
     pub(crate) postgres_best: String,
     pub(crate) hot_postgres_best: String,
+    /// Tally's best closed-loop configuration per workload, e.g. `binary x8189, 8 clients`
+    /// (empty in comparisons from before Tally tried more than one).
+    #[serde(default)]
+    pub(crate) tally_best: String,
+    #[serde(default)]
+    pub(crate) hot_tally_best: String,
     pub(crate) open_loop_rate: f64,
     pub(crate) open_loop_transfers_per_second: f64,
     pub(crate) open_loop_p99_ms: f64,
@@ -107,13 +115,38 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     };
     let runtime = load::runtime()?;
     let mut runs = Vec::new();
-    // Tally, closed loop, each workload on a fresh node.
-    let uniform = run_tally(&runtime, &tally, &args, Workload::Uniform, None)?;
-    let hot = run_tally(&runtime, &tally, &args, Workload::Hot, None)?;
+    anyhow::ensure!(
+        !args.tally_connections.is_empty() && !args.tally_connections.contains(&0),
+        "--tally-connections needs one or more counts, each at least 1"
+    );
+    // Tally, closed loop, each workload and connection count on a fresh node.
+    let mut tally_best = Vec::new();
+    for workload in [Workload::Uniform, Workload::Hot] {
+        let mut candidates = Vec::new();
+        for &connections in &args.tally_connections {
+            let result = run_tally(&runtime, &tally, &args, workload, connections, None)?;
+            candidates.push(result);
+        }
+        let top = candidates
+            .iter()
+            .max_by(|a, b| a.transfers_per_second.total_cmp(&b.transfers_per_second))
+            .cloned()
+            .expect("at least one connection count");
+        tally_best.push(top);
+        runs.extend(candidates);
+    }
+    let (uniform, hot) = (tally_best[0].clone(), tally_best[1].clone());
     let rate = (uniform.transfers_per_second * OPEN_LOOP_FRACTION).round();
     anyhow::ensure!(rate > 0.0, "Tally acknowledged nothing in the uniform run");
-    let open = run_tally(&runtime, &tally, &args, Workload::Uniform, Some(rate))?;
-    runs.extend([uniform.clone(), hot.clone(), open.clone()]);
+    let open = run_tally(
+        &runtime,
+        &tally,
+        &args,
+        Workload::Uniform,
+        OPEN_LOOP_CONNECTIONS,
+        Some(rate),
+    )?;
+    runs.push(open.clone());
     // PostgreSQL, every configuration.
     let server = match &args.postgres_url {
         Some(url) => PostgresServer::External(url.clone()),
@@ -229,13 +262,14 @@ fn run_tally(
     tally: &std::path::Path,
     args: &Args,
     workload: Workload,
+    connections: usize,
     rate: Option<f64>,
 ) -> anyhow::Result<RunResult> {
     let directory = tempfile::tempdir()?;
     let mut server = ServerProcess::start(tally, directory.path())?;
-    let (batch, connections) = match rate {
-        Some(_) => (OPEN_LOOP_BATCH_EVENTS, OPEN_LOOP_CONNECTIONS),
-        None => (BATCH_EVENTS_MAX, args.tally_connections),
+    let batch = match rate {
+        Some(_) => OPEN_LOOP_BATCH_EVENTS,
+        None => BATCH_EVENTS_MAX,
     };
     let load_args = load::Args {
         target: format!("http://{}", server.address),
@@ -266,7 +300,7 @@ fn run_tally(
     server.stop();
     let result = outcome?;
     eprintln!(
-        "tally {} {}: {:.0} transfers/s, p99 {:.3} ms",
+        "tally {} {} {connections} connections: {:.0} transfers/s, p99 {:.3} ms",
         workload.name(),
         result.loop_kind,
         result.transfers_per_second,
@@ -315,6 +349,8 @@ fn compare(
         hot_tally_p99_ms: hot.p99_ms,
         postgres_best: describe(postgres_uniform),
         hot_postgres_best: describe(postgres_hot),
+        tally_best: describe(uniform),
+        hot_tally_best: describe(hot),
         open_loop_rate: open.rate_target.unwrap_or_default(),
         open_loop_transfers_per_second: open.transfers_per_second,
         open_loop_p99_ms: open.p99_ms,

@@ -121,9 +121,15 @@ pub(crate) fn write_report(directory: &Path) -> anyhow::Result<PathBuf> {
     let compared: Vec<&String> = latest
         .map(|(_, comparison)| comparison.runs.iter().collect())
         .unwrap_or_default();
+    // Runs of kinds the latest comparison has a newer run of are left out.
+    let compared_labels: Vec<String> = compared
+        .iter()
+        .filter_map(|name| results.runs.get(*name))
+        .map(RunResult::label)
+        .collect();
     let mut others: BTreeMap<String, (&String, &RunResult)> = BTreeMap::new();
     for (name, run) in &results.runs {
-        if compared.contains(&name) {
+        if compared.contains(&name) || compared_labels.contains(&run.label()) {
             continue;
         }
         let entry = others.entry(run.label()).or_insert((name, run));
@@ -172,19 +178,28 @@ fn is_plotted(runs: &BTreeMap<String, RunResult>, comparison: &Comparison, name:
     let Some(run) = runs.get(name) else {
         return false;
     };
-    if run.system == "tally" {
-        return true;
-    }
-    let best = if run.workload == "hot" {
-        &comparison.hot_postgres_best
-    } else {
-        &comparison.postgres_best
+    let best = match (run.system.as_str(), run.workload.as_str()) {
+        // Tally's open-loop run, and every run of comparisons that tried one configuration.
+        ("tally", _) if run.loop_kind == "open" || comparison.tally_best.is_empty() => return true,
+        ("tally", "hot") => &comparison.hot_tally_best,
+        ("tally", _) => &comparison.tally_best,
+        (_, "hot") => &comparison.hot_postgres_best,
+        _ => &comparison.postgres_best,
     };
     let label = format!(
         "{} x{}, {} clients",
         run.mode, run.batch_events, run.connections
     );
     &label == best
+}
+
+/// A configuration, or `-` where an older comparison did not record one.
+fn or_dash(configuration: &str) -> &str {
+    if configuration.is_empty() {
+        "-"
+    } else {
+        configuration
+    }
 }
 
 fn target(met: bool) -> &'static str {
@@ -205,19 +220,20 @@ fn write_comparison(
         markdown,
         "## Tally against PostgreSQL\n\n\
          From [{name}]({name}) (load average {} when it ended). Tally: one node, binary batches \
-         of 8189, closed loop. PostgreSQL: durable settings (`fsync=on`, `synchronous_commit=on`), \
+         of 8189, closed loop, the best of the connection counts tried. PostgreSQL: durable settings (`fsync=on`, `synchronous_commit=on`), \
          a PL/pgSQL transfer function checking balances and idempotency by id, the best of every \
          tried configuration.\n",
         comparison.load_average
     );
     let _ = writeln!(
         markdown,
-        "| workload | Tally transfers/s | Tally p99 ms | PostgreSQL transfers/s | PostgreSQL best configuration | ratio | target |\n\
-         |---|---:|---:|---:|---|---:|---|\n\
-         | uniform | {:.0} | {} | {:.0} | {} | {}x | ≥ {}x: {} |\n\
-         | hot | {:.0} | {} | {:.0} | {} | {}x | ≥ {}x: {} |\n",
+        "| workload | Tally transfers/s | Tally p99 ms | Tally best configuration | PostgreSQL transfers/s | PostgreSQL best configuration | ratio | target |\n\
+         |---|---:|---:|---|---:|---|---:|---|\n\
+         | uniform | {:.0} | {} | {} | {:.0} | {} | {}x | ≥ {}x: {} |\n\
+         | hot | {:.0} | {} | {} | {:.0} | {} | {}x | ≥ {}x: {} |\n",
         comparison.tally_transfers_per_second,
         comparison.tally_p99_ms,
+        or_dash(&comparison.tally_best),
         comparison.postgres_transfers_per_second,
         comparison.postgres_best,
         comparison.ratio,
@@ -225,6 +241,7 @@ fn write_comparison(
         target(comparison.ratio_target_met),
         comparison.hot_tally_transfers_per_second,
         comparison.hot_tally_p99_ms,
+        or_dash(&comparison.hot_tally_best),
         comparison.hot_postgres_transfers_per_second,
         comparison.hot_postgres_best,
         comparison.hot_ratio,
