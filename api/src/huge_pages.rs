@@ -53,3 +53,61 @@ pub fn huge_pages_tunable_set() -> bool {
             .any(|tunable| tunable == HUGE_PAGES_TUNABLE)
     })
 }
+
+/// What `TALLY_HUGE_PAGES` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HugePagesSetting {
+    On,
+    Off,
+    /// Unset: the command's default (on for `tally start` and `tally-bench engine`).
+    Default,
+}
+
+/// `TALLY_HUGE_PAGES`: `on`, `off`, or unset. Any other value counts as unset, with a warning on
+/// standard error, given once: not again by the process `reexecute_with_huge_pages` starts.
+pub fn setting() -> HugePagesSetting {
+    let value = std::env::var_os("TALLY_HUGE_PAGES");
+    match parse_setting(value.as_deref()) {
+        Ok(setting) => setting,
+        Err(warning) => {
+            if !huge_pages_tunable_set() {
+                eprintln!("warning: {warning}");
+            }
+            HugePagesSetting::Default
+        }
+    }
+}
+
+fn parse_setting(value: Option<&std::ffi::OsStr>) -> Result<HugePagesSetting, String> {
+    match value.map(|value| value.to_str()) {
+        None => Ok(HugePagesSetting::Default),
+        Some(Some("on")) => Ok(HugePagesSetting::On),
+        Some(Some("off")) => Ok(HugePagesSetting::Off),
+        Some(other) => Err(format!(
+            "TALLY_HUGE_PAGES={:?} is neither \"on\" nor \"off\"; the command's default is used",
+            other.unwrap_or("(not UTF-8)")
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn on_off_and_unset_are_settings_and_anything_else_a_warning() {
+        assert_eq!(parse_setting(None), Ok(HugePagesSetting::Default));
+        assert_eq!(
+            parse_setting(Some(OsStr::new("on"))),
+            Ok(HugePagesSetting::On)
+        );
+        assert_eq!(
+            parse_setting(Some(OsStr::new("off"))),
+            Ok(HugePagesSetting::Off)
+        );
+        let warning = parse_setting(Some(OsStr::new("of"))).expect_err("a typo");
+        assert!(warning.contains("TALLY_HUGE_PAGES=\"of\""), "{warning}");
+        assert!(parse_setting(Some(OsStr::new("ON"))).is_err());
+    }
+}

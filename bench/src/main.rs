@@ -55,7 +55,7 @@ fn main() -> anyhow::Result<()> {
     // The engine benchmark measures the business logic as a node runs it: on transparent huge
     // pages, which `tally start` asks for (`TALLY_HUGE_PAGES=off` turns both off).
     if matches!(cli.command, Command::Engine(_))
-        && std::env::var("TALLY_HUGE_PAGES").as_deref() != Ok("off")
+        && tally_api::huge_pages::setting() != tally_api::huge_pages::HugePagesSetting::Off
     {
         if let Some(error) = tally_api::huge_pages::reexecute_with_huge_pages() {
             eprintln!("warning: not re-executed with transparent huge pages: {error}");

@@ -6,16 +6,17 @@ use std::process::ExitCode;
 use clap::Parser;
 use tally_api::cli::Cli;
 use tally_api::cli::Command;
+use tally_api::huge_pages::HugePagesSetting;
 use tally_api::server::ServerConfig;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // A replay's memory is touched once and mostly written in order: on this kind of VM,
     // faulting in huge pages cost more than their TLB hits saved (docs/design.md §5).
-    let huge_pages = match std::env::var("TALLY_HUGE_PAGES").as_deref() {
-        Ok("on") => matches!(cli.command, Command::Start(_) | Command::Replay(_)),
-        Ok("off") => false,
-        _ => matches!(cli.command, Command::Start(_)),
+    let huge_pages = match tally_api::huge_pages::setting() {
+        HugePagesSetting::On => matches!(cli.command, Command::Start(_) | Command::Replay(_)),
+        HugePagesSetting::Off => false,
+        HugePagesSetting::Default => matches!(cli.command, Command::Start(_)),
     };
     if huge_pages {
         if let Some(error) = tally_api::huge_pages::reexecute_with_huge_pages() {
