@@ -127,12 +127,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             let result = run_tally(&runtime, &tally, &args, workload, connections, None)?;
             candidates.push(result);
         }
-        let top = candidates
-            .iter()
-            .max_by(|a, b| a.transfers_per_second.total_cmp(&b.transfers_per_second))
-            .cloned()
-            .expect("at least one connection count");
-        tally_best.push(top);
+        tally_best.push(fastest(&candidates));
         runs.extend(candidates);
     }
     let (uniform, hot) = (tally_best[0].clone(), tally_best[1].clone());
@@ -189,12 +184,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 candidates.push(result);
             }
         }
-        let top = candidates
-            .iter()
-            .max_by(|a, b| a.transfers_per_second.total_cmp(&b.transfers_per_second))
-            .cloned()
-            .expect("at least one configuration");
-        best.push(top);
+        best.push(fastest(&candidates));
         runs.extend(candidates);
     }
     drop(server);
@@ -307,6 +297,15 @@ fn run_tally(
         result.p99_ms
     );
     Ok(result)
+}
+
+/// The run of `candidates` (one or more) with the most transfers per second.
+fn fastest(candidates: &[RunResult]) -> RunResult {
+    candidates
+        .iter()
+        .max_by(|a, b| a.transfers_per_second.total_cmp(&b.transfers_per_second))
+        .cloned()
+        .expect("at least one configuration")
 }
 
 fn ratio(numerator: f64, denominator: f64) -> f64 {

@@ -722,6 +722,29 @@ mod tests {
         assert_eq!(Ledger::restore(&bytes).expect("restore").snapshot(), bytes);
     }
 
+    /// The ledger keeps an account's transfer-list head in its stored record's `reserved`: a
+    /// snapshot holds the record as clients see it, and one with `reserved` set is refused.
+    #[test]
+    fn a_snapshot_holds_accounts_as_clients_see_them_and_refuses_a_set_reserved_field() {
+        let ledger = ledger_with_transfers(8, 64);
+        assert!(transfers_head(&ledger.accounts[0]) != NONE);
+        let mut bytes = ledger.snapshot();
+        let public = ledger.lookup_accounts(&[1])[0];
+        assert_eq!(public.reserved, 0);
+        let at = bytes
+            .windows(128)
+            .position(|record| record == public.as_bytes())
+            .expect("the account as clients see it");
+        bytes[at + core::mem::offset_of!(Account, reserved)] = 1;
+        let body = bytes.len() - 4;
+        let checksum = crc32c::crc32c(&bytes[..body]);
+        bytes[body..].copy_from_slice(&checksum.to_le_bytes());
+        assert_eq!(
+            Ledger::restore(&bytes).err(),
+            Some(SnapshotError::Invalid("account reserved field not zero"))
+        );
+    }
+
     #[test]
     fn restore_with_capacity_refuses_a_state_that_does_not_fit() {
         let bytes = ledger_with_transfers(8, 64).snapshot();

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use zerocopy::IntoBytes;
 
 use crate::id_hash::{hash_id, IdMap};
-use crate::ledger::{balances_of, record_bytes, transfers_head, Ledger, PendingStatus, NONE};
+use crate::ledger::{
+    balances_of, public_account, record_bytes, transfers_head, Ledger, PendingStatus, NONE,
+};
 use crate::record_hash::{
     field_multiplier, lane_term, record_hash, Lanes, SEED_ACCOUNT, SEED_FAILED_ID,
     SEED_HISTORY_ROW, SEED_TRANSFER,
@@ -24,14 +26,13 @@ pub(crate) const FIELD_PENDING_STATUS: usize = 4;
 /// each balance times its field's multiplier. Linear in the balances, so a transfer updates the
 /// digest with one multiplication per balance it changes instead of rehashing two records.
 pub(crate) fn account_term(account: &Account) -> u128 {
-    // `reserved` is zero to clients; the ledger keeps a list head there (`transfers_head`).
+    // As clients see it: without the list head the ledger keeps in `reserved`.
     let fixed = Account {
         debits_pending: 0,
         debits_posted: 0,
         credits_pending: 0,
         credits_posted: 0,
-        reserved: 0,
-        ..*account
+        ..public_account(account)
     };
     let id_hash = hash_id(account.id);
     let fields = [
