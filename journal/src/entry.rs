@@ -284,7 +284,8 @@ pub(crate) struct Verified {
 
 impl Verified {
     /// The entry, with `payload` (exactly `payload_len` bytes) as its payload.
-    fn entry(self, payload: Vec<u8>) -> Entry {
+    pub(crate) fn entry(self, payload: impl Into<Bytes>) -> Entry {
+        let payload = payload.into();
         assert_eq!(payload.len(), self.payload_len);
         Entry {
             id: self.id,
@@ -292,7 +293,7 @@ impl Verified {
             operation: self.operation,
             timestamp: self.timestamp,
             event_count: self.event_count,
-            payload: payload.into(),
+            payload,
         }
     }
 }
@@ -322,7 +323,7 @@ pub(crate) fn decode_parts(header: &[u8], mut body: Vec<u8>) -> Result<Entry, Re
     Ok(verified.entry(body))
 }
 
-fn verify_parts(header_bytes: &[u8], body: &[u8]) -> Result<Verified, RecordFault> {
+pub(crate) fn verify_parts(header_bytes: &[u8], body: &[u8]) -> Result<Verified, RecordFault> {
     let header = Header::parse(header_bytes).ok_or(RecordFault::Invalid("bad entry magic"))?;
     let size = header
         .record_size()

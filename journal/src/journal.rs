@@ -25,6 +25,7 @@ use crate::limits::{
 };
 use crate::record::AtomicRecord;
 use crate::storage::{read_at_zero_filled, Storage, StorageFile};
+use crate::stream::{Buffers, Piece, Window};
 use crate::{Entry, EntryId};
 
 /// Magic at the start of every segment file.
@@ -291,7 +292,7 @@ fn check_segment_header(
     Ok(Ok((size, flags)))
 }
 
-fn fault_to_error(path: &Path, offset: u64, index: u64, fault: RecordFault) -> Error {
+pub(crate) fn fault_to_error(path: &Path, offset: u64, index: u64, fault: RecordFault) -> Error {
     match fault {
         RecordFault::Invalid(reason) => Error::corruption(path, offset, Some(index), reason),
         RecordFault::Version(found) => Error::UnsupportedVersion {
@@ -1093,6 +1094,43 @@ impl Journal {
             }
             _ => Ok(None),
         }
+    }
+
+    /// How to read entries `first..=last` (clamped to the log) from start to end, as an
+    /// audit does, in order. A segment whose entries are all in the page cache already
+    /// ([`StorageFile::is_cached`]) is a [`Piece::Cached`], to read entry by entry with
+    /// [`Journal::entry`]: on a virtual machine, reading cached bytes from the disk again
+    /// costs the host's CPU, which is ours too. Any other segment becomes [`Window`]s, large
+    /// aligned reads around the page cache through one more handle on its file
+    /// ([`Storage::open_unbuffered`]).
+    pub fn stream_plan(&self, first: u64, last: u64) -> Result<Vec<Piece>> {
+        let (Some(log_first), Some(log_last)) = (self.first_index(), self.last_index()) else {
+            return Ok(Vec::new());
+        };
+        let (first, last) = (first.max(log_first), last.min(log_last));
+        let buffers = Buffers::default();
+        let mut pieces = Vec::new();
+        for segment in &self.segments {
+            let from = first.max(segment.first_index);
+            let through = last.min(segment.last_index());
+            if from > through {
+                continue;
+            }
+            let (start, _) = segment.record_bounds(from);
+            let (_, end) = segment.record_bounds(through);
+            if segment.file.is_cached(start, end - start) {
+                pieces.push(Piece::Cached(from..=through));
+                continue;
+            }
+            let file = self
+                .storage
+                .open_unbuffered(&segment.path)
+                .map_err(|error| Error::io("open", &segment.path, error))?;
+            let records = (from..=through).map(|index| segment.record_bounds(index));
+            let windows = Window::plan(&segment.path, &file, &buffers, from, records);
+            pieces.extend(windows.into_iter().map(Piece::Window));
+        }
+        Ok(pieces)
     }
 
     /// The id of the entry at `index`, if it is in the log.

@@ -33,6 +33,13 @@ pub const WRITE_BUFFER_SIZE: usize = 4 * 1024 * 1024;
 /// header) and the payload, where it already is, go to disk in one `pwritev`. A batch of 8189
 /// events is a megabyte; a copy of it costs more than the system call it saves.
 pub const GATHERED_PAYLOAD_MIN: usize = 64 * 1024;
+/// Reads that bypass the page cache ([`crate::Window`]) start and end at multiples of this,
+/// and go into buffers aligned to it: the largest logical block size of common disks.
+pub const STREAM_ALIGNMENT: usize = 4096;
+/// Most bytes one streaming read covers, unless one record alone needs more. Large enough
+/// that a read costs little next to the bytes it brings (a 1 MiB batch is 4 to a window),
+/// small enough that the windows a replay keeps in flight stay a few tens of MiB.
+pub const STREAM_WINDOW_SIZE: usize = 2 * 1024 * 1024;
 /// Window used when scanning the rest of the last segment after its end.
 pub const SCAN_WINDOW_SIZE: usize = 1024 * 1024;
 /// The on-disk format version written by this build (segments, records, snapshots).
@@ -66,4 +73,6 @@ const _: () = assert!(SEGMENT_SIZE_DEFAULT >= (SEGMENT_HEADER_SIZE + ENTRY_RECOR
 const _: () = assert!(SEGMENT_SIZE_DEFAULT <= SEGMENT_SIZE_MAX);
 const _: () = assert!(SEGMENT_SIZE_MIN >= (SEGMENT_HEADER_SIZE + ENTRY_HEADER_SIZE) as u64);
 const _: () = assert!(SCAN_WINDOW_SIZE % ENTRY_ALIGNMENT == 0);
+const _: () = assert!(STREAM_WINDOW_SIZE % STREAM_ALIGNMENT == 0);
+const _: () = assert!(STREAM_WINDOW_SIZE >= ENTRY_RECORD_SIZE_MAX + 2 * STREAM_ALIGNMENT);
 const _: () = assert!(RECORD_SLOT_SIZE > RECORD_HEADER_SIZE);

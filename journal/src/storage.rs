@@ -5,9 +5,11 @@
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
+
+use crate::limits::STREAM_ALIGNMENT;
 
 /// A directory tree of files. Paths are full paths; the journal only uses flat directories.
 pub trait Storage: Send + Sync + fmt::Debug {
@@ -21,6 +23,13 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// The default opens read-write, for storages without that distinction.
     fn open_read_only(&self, path: &Path) -> io::Result<Arc<dyn StorageFile>> {
         self.open(path)
+    }
+    /// Opens an existing file for reading only, around the operating system's page cache
+    /// where the storage can (`O_DIRECT`), for reading a file once from start to end. Reads
+    /// through it must start at, and span, multiples of [`STREAM_ALIGNMENT`] bytes, into
+    /// buffers aligned to it. The default is [`Storage::open_read_only`].
+    fn open_unbuffered(&self, path: &Path) -> io::Result<Arc<dyn StorageFile>> {
+        self.open_read_only(path)
     }
     fn remove(&self, path: &Path) -> io::Result<()>;
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
@@ -54,6 +63,13 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     fn sync_data(&self) -> io::Result<()>;
     /// `fsync`.
     fn sync_all(&self) -> io::Result<()>;
+    /// Whether every page of `offset..offset + len` is in the operating system's page
+    /// cache now: a read of them would not wait for the disk. Only a hint, and `false`
+    /// where the storage cannot tell (the default).
+    fn is_cached(&self, offset: u64, len: u64) -> bool {
+        let _ = (offset, len);
+        false
+    }
     /// Tells the operating system that the synced bytes in `offset..offset + len` will not be
     /// read again soon, so their cached pages can go (`posix_fadvise(DONTNEED)`). Only a hint:
     /// nothing read later changes, it may only come from the disk. The default does nothing.
@@ -111,6 +127,26 @@ impl Storage for FsStorage {
     fn open_read_only(&self, path: &Path) -> io::Result<Arc<dyn StorageFile>> {
         let file = OpenOptions::new().read(true).open(path)?;
         Ok(Arc::new(FsFile(file)))
+    }
+
+    /// `O_DIRECT`, unless the file system refuses it (tmpfs does) or the file's length is
+    /// not a multiple of [`STREAM_ALIGNMENT`]: a direct read cannot continue an unaligned
+    /// short read at the end of the file. Then the file is read through the cache.
+    fn open_unbuffered(&self, path: &Path) -> io::Result<Arc<dyn StorageFile>> {
+        let direct = OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+            .open(path);
+        match direct {
+            Ok(file) if file.metadata()?.len() % STREAM_ALIGNMENT as u64 == 0 => {
+                Ok(Arc::new(FsFile(file)))
+            }
+            Ok(_) => self.open_read_only(path),
+            Err(error) if error.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                self.open_read_only(path)
+            }
+            Err(error) => Err(error),
+        }
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
@@ -197,6 +233,11 @@ impl StorageFile for FsFile {
         self.0.sync_all()
     }
 
+    fn is_cached(&self, offset: u64, len: u64) -> bool {
+        let pages = (offset + len).div_ceil(PAGE_SIZE) - offset / PAGE_SIZE;
+        len > 0 && cached_pages(&self.0, offset, len) == Some(pages)
+    }
+
     fn forget_cached(&self, offset: u64, len: u64) -> io::Result<()> {
         let Some(len) = std::num::NonZeroU64::new(len) else {
             return Ok(());
@@ -204,6 +245,52 @@ impl StorageFile for FsFile {
         rustix::fs::fadvise(&self.0, offset, Some(len), rustix::fs::Advice::DontNeed)
             .map_err(io::Error::from)
     }
+}
+
+/// The page size the kernel's page cache counts in (x86-64 and most of arm64).
+const PAGE_SIZE: u64 = 4096;
+
+/// `cachestat(2)` (Linux 6.5 and later): how many pages of `offset..offset + len` of
+/// `file` are in the page cache. `None` where the kernel has no such call, or refuses.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn cached_pages(file: &File, offset: u64, len: u64) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    /// Added after the system call tables were unified: the same number everywhere.
+    const SYS_CACHESTAT: libc::c_long = 451;
+    #[repr(C)]
+    struct Range {
+        offset: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        cache: u64,
+        dirty: u64,
+        writeback: u64,
+        evicted: u64,
+        recently_evicted: u64,
+    }
+    let range = Range { offset, len };
+    let mut stat = Stat::default();
+    // SAFETY: the kernel reads `range` and writes `stat`, both alive for the whole call and
+    // laid out as `struct cachestat_range` and `struct cachestat` (include/uapi/linux/mman.h).
+    let result = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd(),
+            &range as *const Range,
+            &mut stat as *mut Stat,
+            0 as libc::c_uint,
+        )
+    };
+    (result == 0).then_some(stat.cache)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn cached_pages(_file: &File, _offset: u64, _len: u64) -> Option<u64> {
+    None
 }
 
 /// Shrinks `file`, which no name refers to any more, `FILE_FREE_STEP_BYTES` at a time, resting

@@ -7,8 +7,11 @@
 //! `tally_raft::apply::apply_batch`, the very function the node's business-logic
 //! thread uses, so timestamps and rejections are computed the same way.
 //!
-//! One pass over the log: a reader thread reads and checksums entries
-//! ([`READ_AHEAD_ENTRIES`] ahead, so memory stays bounded whatever the log's length)
+//! One pass over the log: an I/O thread reads it in large reads around the page cache
+//! (`Journal::stream_plan`, [`IO_THREADS`] threads taking turns; segments already
+//! in the page cache are read through it), a reader thread checksums and
+//! decodes the entries ([`READ_AHEAD_ENTRIES`] ahead, so memory stays bounded whatever
+//! the log's length)
 //! while the calling thread, on a CPU of its own (`crate::placement`), applies them
 //! from genesis (or from the snapshot just before the first entry of a purged
 //! log). After each entry the replay captures its digest and hash chain (both
@@ -64,6 +67,8 @@ use tally_journal::Entry;
 use tally_journal::EntryKind;
 use tally_journal::FsStorage;
 use tally_journal::Journal;
+use tally_journal::Piece;
+use tally_journal::ReadWindow;
 use tally_journal::SnapshotStore;
 use tally_journal::Storage;
 use tally_raft::checkpoint::Checkpoint;
@@ -73,6 +78,11 @@ use tally_raft::types::Batch;
 /// Entries the reader thread reads ahead of the business logic: at most this
 /// many full batches (≈ 1 MiB each) are in memory, whatever the log's length.
 pub const READ_AHEAD_ENTRIES: usize = 16;
+
+/// Threads reading the log's windows (`tally_journal::Window`, up to 4 MiB each), in
+/// turns: reads that bypass the page cache wait for the disk one at a time, and two in
+/// flight keep it busier than one. Each has one window ready ahead of the reader.
+pub const IO_THREADS: usize = 2;
 
 /// Entries whose replayed digest and hash chain are kept for checkpoint entries
 /// to name (48 bytes each). A node proposes the checkpoint for index `i` right
@@ -689,22 +699,57 @@ fn events_bound(log_dir: &Path) -> usize {
 /// bytes alone (empty for anything else).
 type ReadEntry = (Entry, Prepared);
 
-/// The reader thread: every entry of `first..=last` in order, until the log ends,
-/// a read fails (sent as the last item) or the receiver hangs up. Each batch is
-/// prepared here (`Ledger::prepare`: its events' hashes, a fifth of the engine's
-/// instructions per transfer), so the applying thread does not compute them.
-fn read_log(
+/// A piece of the log as the I/O threads pass it on.
+enum Fetched {
+    /// Entries to read through the page cache, entry by entry.
+    Cached(std::ops::RangeInclusive<u64>),
+    Window(ReadWindow),
+}
+
+/// One I/O thread: `pieces`, their windows read in order around the page cache, until
+/// they end, a read fails (sent as the last item) or the receiver hangs up. It waits for
+/// the disk and does little else, so the reader decodes one window while [`IO_THREADS`]
+/// threads read the next ones.
+fn read_windows(pieces: Vec<Piece>, sender: SyncSender<Result<Fetched, ReplayError>>) {
+    for piece in pieces {
+        let fetched = match piece {
+            Piece::Cached(range) => Ok(Fetched::Cached(range)),
+            Piece::Window(window) => window.read().map(Fetched::Window).map_err(journal_error),
+        };
+        let failed = fetched.is_err();
+        if sender.send(fetched).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Piece `i` comes from `pieces[i % pieces.len()]`: the I/O threads take turns.
+fn decode_windows(
     journal: &Journal,
+    pieces: Vec<mpsc::Receiver<Result<Fetched, ReplayError>>>,
     first: u64,
     last: u64,
     sender: SyncSender<Result<ReadEntry, ReplayError>>,
 ) {
-    for index in first..=last {
-        let entry = journal
-            .entry(index)
-            .map_err(journal_error)
-            .map(|entry| entry.expect("an index inside the log's range is in the log"))
-            .map(|entry| {
+    let mut next = first;
+    // The first I/O thread in turn with nothing more to send has passed the last piece.
+    for piece in pieces.iter().cycle().map_while(|pieces| pieces.recv().ok()) {
+        let entries: Box<dyn Iterator<Item = Result<Entry, ReplayError>>> = match piece {
+            Ok(Fetched::Window(window)) => {
+                Box::new(window.entries().map(|entry| entry.map_err(journal_error)))
+            }
+            Ok(Fetched::Cached(range)) => Box::new(range.map(|index| {
+                journal
+                    .entry(index)
+                    .map_err(journal_error)
+                    .map(|entry| entry.expect("an index inside the log's range is in the log"))
+            })),
+            Err(error) => Box::new(std::iter::once(Err(error))),
+        };
+        for entry in entries {
+            let entry = entry.map(|entry| {
+                assert_eq!(entry.id.index, next, "the pieces hold the entries in order");
+                next += 1;
                 let prepared = match Operation::try_from(entry.operation) {
                     Ok(operation) if entry.kind == EntryKind::Batch => {
                         Ledger::prepare(operation, &entry.payload)
@@ -713,11 +758,13 @@ fn read_log(
                 };
                 (entry, prepared)
             });
-        let failed = entry.is_err();
-        if sender.send(entry).is_err() || failed {
-            return;
+            let failed = entry.is_err();
+            if sender.send(entry).is_err() || failed {
+                return;
+            }
         }
     }
+    assert_eq!(next, last + 1, "the pieces hold every entry of the range");
 }
 
 fn snapshot_changed() -> ReplayError {
@@ -979,12 +1026,31 @@ impl<'a> Replay<'a> {
         let placement = self.placement;
         let placed = placement.map(|placement| placement.place_applier());
         let result = std::thread::scope(|scope| {
+            let mut turns: Vec<Vec<Piece>> = (0..IO_THREADS).map(|_| Vec::new()).collect();
+            let pieces = journal.stream_plan(first, last).map_err(journal_error)?;
+            for (position, piece) in pieces.into_iter().enumerate() {
+                turns[position % IO_THREADS].push(piece);
+            }
+            let pieces = turns
+                .into_iter()
+                .map(|pieces| {
+                    let (sender, fetched) = mpsc::sync_channel(1);
+                    std::thread::Builder::new()
+                        .name("replay-io".into())
+                        .spawn_scoped(scope, move || {
+                            place_helper(placement);
+                            read_windows(pieces, sender)
+                        })
+                        .expect("spawn a replay I/O thread");
+                    fetched
+                })
+                .collect();
             let (sender, entries) = mpsc::sync_channel(READ_AHEAD_ENTRIES);
             std::thread::Builder::new()
                 .name("replay-reader".into())
                 .spawn_scoped(scope, move || {
                     place_helper(placement);
-                    read_log(journal, first, last, sender)
+                    decode_windows(journal, pieces, first, last, sender)
                 })
                 .expect("spawn the replay reader thread");
             // Returning drops `entries`: a reader still sending then stops.
