@@ -50,6 +50,22 @@ pub enum SnapshotError {
     UnsupportedVersion { version: u32 },
     #[error("snapshot is inconsistent: {0}")]
     Invalid(&'static str),
+    /// One record is inconsistent: `record` names its section ("account", "transfer", "pending
+    /// status", "failed id", "history row"), `position` its place there, counting from 0.
+    #[error("snapshot is inconsistent: {record} {position} (counting from 0): {reason}")]
+    InvalidRecord {
+        record: &'static str,
+        position: usize,
+        reason: &'static str,
+    },
+}
+
+fn invalid(record: &'static str, position: usize, reason: &'static str) -> SnapshotError {
+    SnapshotError::InvalidRecord {
+        record,
+        position,
+        reason,
+    }
 }
 
 /// A snapshot being encoded in steps (`Ledger::snapshot_begin`, `snapshot_continue`, `finish`),
@@ -391,10 +407,11 @@ impl Ledger {
         }
         let transfers = section(&mut reader, transfers_count, 128)?;
         let mut pending = Vec::with_capacity(pending_count);
-        for record in section(&mut reader, pending_count, PENDING_RECORD_SIZE)?.chunks_exact(8) {
+        let pending_records = section(&mut reader, pending_count, PENDING_RECORD_SIZE)?;
+        for (position, record) in pending_records.chunks_exact(8).enumerate() {
             let index = u32::from_le_bytes(record[..4].try_into().expect("4 bytes"));
             if pending.last().is_some_and(|(last, _)| *last >= index) {
-                return Err(SnapshotError::Invalid("pending statuses out of order"));
+                return Err(invalid("pending status", position, "out of order"));
             }
             pending.push((index, record[4]));
         }
@@ -419,11 +436,13 @@ impl Ledger {
             sum = sum.wrapping_add(failed_id_term(id));
         }
         let history = section(&mut reader, history_count, HISTORY_RECORD_SIZE)?;
-        for record in history.chunks_exact(HISTORY_RECORD_SIZE) {
+        for (position, record) in history.chunks_exact(HISTORY_RECORD_SIZE).enumerate() {
             let account_index = u32::from_le_bytes(record[..4].try_into().expect("4 bytes"));
-            let account_id = *account_ids
-                .get(account_index as usize)
-                .ok_or(SnapshotError::Invalid("history row of an unknown record"))?;
+            let account_id = *account_ids.get(account_index as usize).ok_or(invalid(
+                "history row",
+                position,
+                "of an unknown account",
+            ))?;
             let balance = AccountBalance::read_from_bytes(&record[8..])
                 .map_err(|_| SnapshotError::Invalid("history row"))?;
             sum = sum.wrapping_add(history_term(account_id, &balance));
@@ -505,8 +524,12 @@ impl Ledger {
                 .map(|chunk| Aligned(Account::read_from_bytes(chunk).expect("128 bytes"))),
         );
         // `reserved` holds the head of the account's transfer list, which the transfers rebuild.
-        if self.accounts.iter().any(|account| account.reserved != 0) {
-            return Err(SnapshotError::Invalid("account reserved field not zero"));
+        if let Some(position) = self
+            .accounts
+            .iter()
+            .position(|account| account.reserved != 0)
+        {
+            return Err(invalid("account", position, "reserved field not zero"));
         }
         self.account_links
             .resize(count, AccountLinks { history_head: NONE });
@@ -514,7 +537,7 @@ impl Ledger {
         for index in 0..count {
             let id = self.accounts[index].id;
             if self.account_index_of(id).is_some() {
-                return Err(SnapshotError::Invalid("duplicate account id"));
+                return Err(invalid("account", index, "duplicate account id"));
             }
             let accounts = &self.accounts;
             self.account_indexes
@@ -540,7 +563,7 @@ impl Ledger {
         for index in 0..count {
             let transfer = self.transfers[index];
             if self.transfer_index_of(transfer.id).is_some() {
-                return Err(SnapshotError::Invalid("duplicate transfer id"));
+                return Err(invalid("transfer", index, "duplicate transfer id"));
             }
             let transfers = &self.transfers;
             self.transfer_indexes
@@ -550,10 +573,10 @@ impl Ledger {
             let debit = self.account_index_of(transfer.debit_account_id);
             let credit = self.account_index_of(transfer.credit_account_id);
             let (Some(debit), Some(credit)) = (debit, credit) else {
-                return Err(SnapshotError::Invalid("transfer of an unknown account"));
+                return Err(invalid("transfer", index, "of an unknown account"));
             };
             if debit == credit {
-                return Err(SnapshotError::Invalid("transfer between one account"));
+                return Err(invalid("transfer", index, "between one account"));
             }
             let (debit, credit) = (debit as usize, credit as usize);
             self.transfer_links.push(TransferLinks {
@@ -567,26 +590,31 @@ impl Ledger {
     }
 
     fn read_pending(&mut self, reader: &mut Reader<'_>, count: usize) -> Result<(), SnapshotError> {
-        for _ in 0..count {
+        for position in 0..count {
             let index = reader.u32()?;
             let status_bytes = reader.take(4)?;
             let status = PendingStatus::from_byte(status_bytes[0])
                 .filter(|_| status_bytes[1..] == [0, 0, 0])
-                .ok_or(SnapshotError::Invalid("unknown pending status"))?;
+                .ok_or(invalid("pending status", position, "unknown status"))?;
             let transfer = self
                 .transfers
                 .get(index as usize)
                 .filter(|transfer| transfer.has_flag(TransferFlags::PENDING))
                 .copied()
-                .ok_or(SnapshotError::Invalid(
-                    "pending status of a transfer that is not pending",
+                .ok_or(invalid(
+                    "pending status",
+                    position,
+                    "of a transfer that is not pending",
                 ))?;
             if self.pending_statuses.insert(index, status).is_some() {
-                return Err(SnapshotError::Invalid("duplicate pending status"));
+                return Err(invalid("pending status", position, "duplicate"));
             }
             if status == PendingStatus::Pending && transfer.timeout > 0 {
-                let expires_at =
-                    expires_at(&transfer).ok_or(SnapshotError::Invalid("expiry overflows"))?;
+                let expires_at = expires_at(&transfer).ok_or(invalid(
+                    "pending status",
+                    position,
+                    "expiry overflows",
+                ))?;
                 self.expiries
                     .insert((expires_at, transfer.timestamp), index);
             }
@@ -601,10 +629,10 @@ impl Ledger {
     ) -> Result<(), SnapshotError> {
         self.failed_ids = IdSet::default();
         self.failed_ids.reserve(count);
-        for _ in 0..count {
+        for position in 0..count {
             let id = reader.u128()?;
             if !self.failed_ids.insert(id) || self.transfer_index_of(id).is_some() {
-                return Err(SnapshotError::Invalid("duplicate failed id"));
+                return Err(invalid("failed id", position, "duplicate id"));
             }
         }
         if self.transfers.len() + self.failed_ids.len() > self.transfers_max {
@@ -618,15 +646,16 @@ impl Ledger {
             return Err(SnapshotError::Invalid("more history rows than capacity"));
         }
         self.history = Vec::with_capacity(count);
-        for _ in 0..count {
+        for position in 0..count {
             let account_index = reader.u32()?;
             let transfer_index = reader.u32()?;
             let balance = AccountBalance::read_from_bytes(reader.take(128)?)
-                .map_err(|_| SnapshotError::Invalid("history row"))?;
-            if account_index as usize >= self.accounts.len()
-                || transfer_index as usize >= self.transfers.len()
-            {
-                return Err(SnapshotError::Invalid("history row of an unknown record"));
+                .map_err(|_| invalid("history row", position, "unreadable balance"))?;
+            if account_index as usize >= self.accounts.len() {
+                return Err(invalid("history row", position, "of an unknown account"));
+            }
+            if transfer_index as usize >= self.transfers.len() {
+                return Err(invalid("history row", position, "of an unknown transfer"));
             }
             let links = &mut self.account_links[account_index as usize];
             self.history.push(HistoryRow {
@@ -643,20 +672,19 @@ impl Ledger {
     /// Consistency a checksum cannot vouch for if the snapshot was produced by a buggy or hostile
     /// writer: every pending transfer has a status.
     fn check_restored(&self) -> Result<(), SnapshotError> {
-        let pending_count = self
-            .transfers
-            .iter()
-            .filter(|transfer| transfer.has_flag(TransferFlags::PENDING))
-            .count();
-        if pending_count != self.pending_statuses.len() {
-            return Err(SnapshotError::Invalid("pending transfer without a status"));
-        }
         let resolving = TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER;
-        for transfer in &self.transfers {
+        for (index, transfer) in self.transfers.iter().enumerate() {
+            if transfer.has_flag(TransferFlags::PENDING)
+                && self.pending_statuses.get(index as u32).is_none()
+            {
+                return Err(invalid("transfer", index, "pending without a status"));
+            }
             if transfer.flags & resolving != 0
                 && self.transfer_index_of(transfer.pending_id).is_none()
             {
-                return Err(SnapshotError::Invalid(
+                return Err(invalid(
+                    "transfer",
+                    index,
                     "post or void of an unknown pending transfer",
                 ));
             }
@@ -727,21 +755,59 @@ mod tests {
     #[test]
     fn a_snapshot_holds_accounts_as_clients_see_them_and_refuses_a_set_reserved_field() {
         let ledger = ledger_with_transfers(8, 64);
-        assert!(transfers_head(&ledger.accounts[0]) != NONE);
+        assert!(transfers_head(&ledger.accounts[1]) != NONE);
         let mut bytes = ledger.snapshot();
-        let public = ledger.lookup_accounts(&[1])[0];
+        let public = ledger.lookup_accounts(&[2])[0];
         assert_eq!(public.reserved, 0);
         let at = bytes
             .windows(128)
             .position(|record| record == public.as_bytes())
             .expect("the account as clients see it");
         bytes[at + core::mem::offset_of!(Account, reserved)] = 1;
+        reseal(&mut bytes);
+        assert_eq!(
+            Ledger::restore(&bytes).err(),
+            Some(SnapshotError::InvalidRecord {
+                record: "account",
+                position: 1,
+                reason: "reserved field not zero"
+            })
+        );
+    }
+
+    /// A snapshot changed after it was sealed, sealed again: its checksum holds.
+    fn reseal(bytes: &mut [u8]) {
         let body = bytes.len() - 4;
         let checksum = crc32c::crc32c(&bytes[..body]);
         bytes[body..].copy_from_slice(&checksum.to_le_bytes());
+    }
+
+    /// A record a checksum vouches for but the state cannot hold is named by its section and
+    /// its place there, and the message says both.
+    #[test]
+    fn an_inconsistent_record_is_named_by_its_place() {
+        let ledger = ledger_with_transfers(8, 64);
+        let mut bytes = ledger.snapshot();
+        let transfer = ledger.transfers[6].0;
+        let at = bytes
+            .windows(128)
+            .position(|record| record == transfer.as_bytes())
+            .expect("the transfer's record");
+        let debit = at + core::mem::offset_of!(Transfer, debit_account_id);
+        bytes[debit..debit + 16].copy_from_slice(&99u128.to_le_bytes());
+        reseal(&mut bytes);
+        let error = Ledger::restore(&bytes).expect_err("a transfer of an unknown account");
         assert_eq!(
-            Ledger::restore(&bytes).err(),
-            Some(SnapshotError::Invalid("account reserved field not zero"))
+            error,
+            SnapshotError::InvalidRecord {
+                record: "transfer",
+                position: 6,
+                reason: "of an unknown account"
+            }
+        );
+        assert_eq!(
+            error.to_string(),
+            "snapshot is inconsistent: transfer 6 (counting from 0): of an unknown account"
         );
     }
 
