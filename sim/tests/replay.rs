@@ -16,6 +16,7 @@ use tally_journal::EntryKind;
 use tally_journal::FsStorage;
 use tally_journal::Journal;
 use tally_journal::JournalOptions;
+use tally_journal::Storage;
 use tally_raft::checkpoint::Checkpoint;
 use tally_raft::checkpoint::OPERATION_CHECKPOINT;
 use tally_raft::node::LedgerCapacity;
@@ -323,6 +324,83 @@ fn a_flipped_payload_byte_is_reported_as_corruption_naming_the_index() {
     assert!(
         message.contains(&format!("JOURNAL CORRUPTION at entry index {index}")),
         "{message}"
+    );
+}
+
+/// A log written directly (no node, no snapshot): 100 accounts, then 60 batches of 512
+/// transfers (64 KiB each) in segments of 1 MiB. Large entries, so that opening the log,
+/// which reads each sealed entry's header, leaves most of their bytes out of the page
+/// cache. Returns the directory and the index of one transfer batch in a sealed segment.
+fn log_of_large_batches(name: &str) -> (PathBuf, u64) {
+    let dir = scratch(name);
+    let options = JournalOptions {
+        segment_size: 1024 * 1024,
+    };
+    let (mut journal, _) = Journal::open(FsStorage::shared(), &dir.join("log"), options).unwrap();
+    let accounts: Vec<Account> = (1..=100).map(account).collect();
+    let mut entries = vec![tally_journal::Entry::batch(
+        tally_journal::EntryId::new(1, 1, 1),
+        Operation::CreateAccounts as u8,
+        1_000,
+        accounts.as_bytes().to_vec(),
+    )];
+    for batch in 0..60u64 {
+        let transfers: Vec<Transfer> = (0..512u128)
+            .map(|n| {
+                let id = 1_000 + u128::from(batch) * 512 + n;
+                transfer(id, 2 + id % 99, 2 + (id + 1) % 99, 1)
+            })
+            .collect();
+        entries.push(tally_journal::Entry::batch(
+            tally_journal::EntryId::new(1, 1, batch + 2),
+            Operation::CreateTransfers as u8,
+            2_000 + batch,
+            transfers.as_bytes().to_vec(),
+        ));
+    }
+    journal.append_all(&entries).unwrap();
+    journal.sync().unwrap();
+    (dir, 20)
+}
+
+/// Drops the log segments' pages from the page cache (written back first).
+fn forget_cached_log(dir: &Path) {
+    for item in std::fs::read_dir(dir.join("log")).unwrap() {
+        let path = item.unwrap().path();
+        if path
+            .extension()
+            .is_some_and(|extension| extension == "tlog")
+        {
+            let file = FsStorage.open_read_only(&path).unwrap();
+            file.sync_data().unwrap();
+            file.forget_cached(0, file.len().unwrap()).unwrap();
+        }
+    }
+}
+
+/// Read cold, the log's sealed segments come in windows around the page cache
+/// (`Journal::stream_plan`); read warm, entry by entry through it. Both replay the same,
+/// and damage read cold is named by its index.
+#[test]
+fn a_log_read_around_the_page_cache_replays_as_one_read_through_it() {
+    let (dir, index) = log_of_large_batches("large-batches");
+    let warm = replay::run(&options(&dir)).expect("replay runs");
+    assert!(warm.ok(), "{warm:?}");
+    assert_eq!(warm.events, 100 + 60 * 512);
+    assert_eq!(warm.batches_rejected, 0);
+    forget_cached_log(&dir);
+    let cold = replay::run(&options(&dir)).expect("replay runs");
+    assert!(cold.ok(), "{cold:?}");
+    assert_eq!(cold.events, warm.events);
+    assert_eq!(cold.final_digest, warm.final_digest);
+    assert_eq!(cold.final_hash_chain, warm.final_hash_chain);
+
+    flip_payload_byte(&dir, index);
+    forget_cached_log(&dir);
+    let error = replay::run(&options(&dir)).expect_err("corruption must stop the replay");
+    assert!(
+        matches!(error, ReplayError::Corruption { index: Some(found), .. } if found == index),
+        "{error}"
     );
 }
 
