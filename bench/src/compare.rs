@@ -289,6 +289,20 @@ fn run_tally(
     let outcome = runtime.block_on(load::run_load(&load_args, Some(&read_rss)));
     server.stop();
     let result = outcome?;
+    // Refused for capacity, transfers stop counting while the clock runs on: a maximum
+    // measured so is too low, and so is every rate derived from it.
+    let refused = result
+        .results
+        .get("transfers_capacity_exceeded")
+        .copied()
+        .unwrap_or(0);
+    anyhow::ensure!(
+        refused == 0,
+        "the node ran out of transfer capacity during the {} run over {connections} connections \
+         ({refused} transfers refused), so its rate would be understated: shorten \
+         --tally-seconds, or set TALLY_ACCOUNTS_MAX and TALLY_TRANSFERS_MAX higher",
+        workload.name()
+    );
     eprintln!(
         "tally {} {} {connections} connections: {:.0} transfers/s, p99 {:.3} ms",
         workload.name(),
