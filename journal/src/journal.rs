@@ -303,6 +303,20 @@ pub(crate) fn fault_to_error(path: &Path, offset: u64, index: u64, fault: Record
     }
 }
 
+/// `entry`, read at `offset` of `path` where entry `index` belongs; a checksummed record with
+/// another index there is corruption.
+pub(crate) fn expect_index(entry: Entry, path: &Path, offset: u64, index: u64) -> Result<Entry> {
+    if entry.id.index != index {
+        return Err(Error::corruption(
+            path,
+            offset,
+            Some(index),
+            "entry has another index than expected",
+        ));
+    }
+    Ok(entry)
+}
+
 /// Where scanning one segment stopped.
 enum Stop {
     /// All-zero header or the segment is full: the normal end.
@@ -1162,15 +1176,7 @@ impl Journal {
             .map_err(|error| Error::io("read", &segment.path, error))?;
         let entry = decode_parts(&header, body)
             .map_err(|fault| fault_to_error(&segment.path, start, index, fault))?;
-        if entry.id.index != index {
-            return Err(Error::corruption(
-                &segment.path,
-                start,
-                Some(index),
-                "entry has another index than expected",
-            ));
-        }
-        Ok(entry)
+        expect_index(entry, &segment.path, start, index)
     }
 
     /// Removes every entry after `index` (`None`: every entry), durably: on return a

@@ -21,7 +21,7 @@ use bytes::Bytes;
 
 use crate::entry::{verify_parts, Entry};
 use crate::error::{Error, Result};
-use crate::journal::fault_to_error;
+use crate::journal::{expect_index, fault_to_error};
 use crate::limits::{ENTRY_HEADER_SIZE, STREAM_ALIGNMENT, STREAM_WINDOW_SIZE};
 use crate::storage::StorageFile;
 
@@ -124,7 +124,7 @@ impl Window {
     /// corrupt).
     pub fn read(self) -> Result<ReadWindow> {
         let mut buffer = self.buffers.take(self.len);
-        let target = buffer.window_mut(self.len);
+        let target = buffer.window_mut();
         let read = self
             .file
             .read_at(target, self.offset)
@@ -164,15 +164,7 @@ impl ReadWindow {
                     .map_err(|fault| fault_to_error(&path, start, index, fault))?;
                 let body = begin + ENTRY_HEADER_SIZE;
                 let entry = verified.entry(bytes.slice(body..body + verified.payload_len));
-                if entry.id.index != index {
-                    return Err(Error::corruption(
-                        &*path,
-                        start,
-                        Some(index),
-                        "entry has another index than expected",
-                    ));
-                }
-                Ok(entry)
+                expect_index(entry, &path, start, index)
             })
     }
 }
@@ -220,8 +212,7 @@ struct Buffer {
 }
 
 impl Buffer {
-    fn window_mut(&mut self, len: usize) -> &mut [u8] {
-        assert_eq!(len, self.len);
+    fn window_mut(&mut self) -> &mut [u8] {
         &mut self.bytes[self.start..self.start + self.len]
     }
 }

@@ -7,9 +7,9 @@
 //! `tally_raft::apply::apply_batch`, the very function the node's business-logic
 //! thread uses, so timestamps and rejections are computed the same way.
 //!
-//! One pass over the log: an I/O thread reads it in large reads around the page cache
-//! (`Journal::stream_plan`, [`IO_THREADS`] threads taking turns; segments already
-//! in the page cache are read through it), a reader thread checksums and
+//! One pass over the log: [`IO_THREADS`] I/O threads, taking turns, read it in large
+//! reads around the page cache (`Journal::stream_plan`; segments already in the page
+//! cache are read through it), a reader thread checksums and
 //! decodes the entries ([`READ_AHEAD_ENTRIES`] ahead, so memory stays bounded whatever
 //! the log's length)
 //! while the calling thread, on a CPU of its own (`crate::placement`), applies them
@@ -79,7 +79,7 @@ use tally_raft::types::Batch;
 /// many full batches (≈ 1 MiB each) are in memory, whatever the log's length.
 pub const READ_AHEAD_ENTRIES: usize = 16;
 
-/// Threads reading the log's windows (`tally_journal::Window`, up to 4 MiB each), in
+/// Threads reading the log's windows (`tally_journal::Window`, up to 2 MiB each), in
 /// turns: reads that bypass the page cache wait for the disk one at a time, and two in
 /// flight keep it busier than one. Each has one window ready ahead of the reader.
 pub const IO_THREADS: usize = 2;
@@ -710,7 +710,7 @@ enum Fetched {
 /// they end, a read fails (sent as the last item) or the receiver hangs up. It waits for
 /// the disk and does little else, so the reader decodes one window while [`IO_THREADS`]
 /// threads read the next ones.
-fn read_windows(pieces: Vec<Piece>, sender: SyncSender<Result<Fetched, ReplayError>>) {
+fn read_pieces(pieces: Vec<Piece>, sender: SyncSender<Result<Fetched, ReplayError>>) {
     for piece in pieces {
         let fetched = match piece {
             Piece::Cached(range) => Ok(Fetched::Cached(range)),
@@ -724,7 +724,7 @@ fn read_windows(pieces: Vec<Piece>, sender: SyncSender<Result<Fetched, ReplayErr
 }
 
 /// Piece `i` comes from `pieces[i % pieces.len()]`: the I/O threads take turns.
-fn decode_windows(
+fn decode_pieces(
     journal: &Journal,
     pieces: Vec<mpsc::Receiver<Result<Fetched, ReplayError>>>,
     first: u64,
@@ -1039,7 +1039,7 @@ impl<'a> Replay<'a> {
                         .name("replay-io".into())
                         .spawn_scoped(scope, move || {
                             place_helper(placement);
-                            read_windows(pieces, sender)
+                            read_pieces(pieces, sender)
                         })
                         .expect("spawn a replay I/O thread");
                     fetched
@@ -1050,7 +1050,7 @@ impl<'a> Replay<'a> {
                 .name("replay-reader".into())
                 .spawn_scoped(scope, move || {
                     place_helper(placement);
-                    decode_windows(journal, pieces, first, last, sender)
+                    decode_pieces(journal, pieces, first, last, sender)
                 })
                 .expect("spawn the replay reader thread");
             // Returning drops `entries`: a reader still sending then stops.
