@@ -34,6 +34,9 @@ const BUSY_BACKOFF_FIRST_MS: u64 = 1;
 const BUSY_BACKOFF_MAX_MS: u64 = 100;
 /// How often the progress bar is redrawn.
 const PROGRESS_INTERVAL_MS: u64 = 250;
+/// The last part of the wait for an open-loop request's due time, slept on a blocking thread
+/// (`sleep_until_precise`): longer than tokio's timer is late (up to about 2 ms measured here).
+const PRECISE_SLEEP_MS: u64 = 3;
 
 /// What one attempt at a request came to.
 pub(crate) enum Attempt {
@@ -274,7 +277,7 @@ async fn work<B: Backend>(
                     break;
                 };
                 let due = start + Duration::from_secs_f64(due_s);
-                tokio::time::sleep_until(due).await;
+                sleep_until_precise(due).await;
                 due
             }
             None => {
@@ -307,6 +310,32 @@ async fn work<B: Backend>(
         live.transfers_ok.fetch_add(acknowledged, Ordering::Relaxed);
     }
     worker
+}
+
+/// Waits until `due` as precisely as the operating system's timers allow. Tokio's timer counts
+/// whole milliseconds and rounds up: requests woken by it went out 0.9 ms late at the median and
+/// 2.2 ms late at p99 (open loop at 930 requests/s on this machine), and an open-loop latency,
+/// counted from the due time, counted that lateness as the server's. So tokio's timer only
+/// brings the wait to within `PRECISE_SLEEP_MS`, and a blocking thread's `thread::sleep` (a
+/// high-resolution timer) sleeps the rest: 85 µs late at the median. (At p99 requests still go
+/// out 1–2 ms late: every connection is then waiting for an answer. The open-loop p99 did not
+/// move, six interleaved pairs at 1.9M transfers/s; the median did.) A wait that is already over
+/// returns at once.
+async fn sleep_until_precise(due: Instant) {
+    let coarse = due
+        .checked_sub(Duration::from_millis(PRECISE_SLEEP_MS))
+        .unwrap_or(due);
+    if Instant::now() < coarse {
+        tokio::time::sleep_until(coarse).await;
+    }
+    let due = due.into_std();
+    if std::time::Instant::now() < due {
+        // A blocking pool thread that cannot be had (shutting down) only makes this one late.
+        let _ = tokio::task::spawn_blocking(move || {
+            std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+        })
+        .await;
+    }
 }
 
 /// The entry of a per-second series for `second`, the series grown to reach it.
