@@ -88,7 +88,7 @@ pub(crate) fn write_report(directory: &Path) -> anyhow::Result<PathBuf> {
          Every figure comes from one run on one machine; the load average next to each \
          says how busy that machine was. Re-run:\n\n\
          ```sh\n\
-         cargo build --release --bin tally -p tally-bench\n\
+         cargo build --release -p tally-api -p tally-bench\n\
          target/release/tally-bench compare      # Tally and PostgreSQL, same run (writes here)\n\
          target/release/tally-bench memory --out-dir bench/results\n\
          target/release/tally-bench report\n\
