@@ -22,6 +22,18 @@ bench=${BENCH:-target/release/tally-bench}
 data=${DATA:-./open-loop-data}
 port=${PORT:-3002}
 target=http://127.0.0.1:$port
+for value in "$rate" "$batch" "$connections"; do
+    if ! [[ $value =~ ^[1-9][0-9]*$ ]]; then
+        echo "open-loop.sh: '$value' is not a positive whole number (RATE, BATCH, CONNECTIONS)" >&2
+        exit 2
+    fi
+done
+for binary in "$tally" "$bench"; do
+    if [ ! -x "$binary" ]; then
+        echo "open-loop.sh: no binary at $binary (cargo build --release -p tally-api -p tally-bench)" >&2
+        exit 2
+    fi
+done
 
 rm -rf "$data"
 mkdir -p "$data"
@@ -29,14 +41,22 @@ TALLY_ACCOUNTS_MAX=1048576 TALLY_TRANSFERS_MAX=33554432 RUST_LOG=warn \
     "$tally" start --data-dir "$data" --http "127.0.0.1:$port" >"$data.log" 2>&1 &
 node=$!
 trap 'kill -TERM $node 2>/dev/null; wait $node 2>/dev/null; rm -rf "$data"' EXIT
+answering=false
 for _ in $(seq 1 100); do
-    curl -s -o /dev/null "$target/v1/accounts/1" && break
+    if curl -s -o /dev/null "$target/v1/accounts/1"; then
+        answering=true
+        break
+    fi
     sleep 0.1
 done
+if [ "$answering" != true ]; then
+    echo "open-loop.sh: the node did not answer on $target within 10 s; its log: $data.log" >&2
+    exit 1
+fi
 
 load() {
     "$bench" load --target "$target" --workload uniform --mode binary --batch "$batch" \
-        --connections "$connections" --rate "$rate" "$@" 2>/dev/null | tail -1
+        --connections "$connections" --rate "$rate" "$@" | tail -1
 }
 metric() {
     awk -v name="$1" '$1 == name { print $2 }' <<<"$2"

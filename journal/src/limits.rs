@@ -38,7 +38,8 @@ pub const GATHERED_PAYLOAD_MIN: usize = 64 * 1024;
 pub const STREAM_ALIGNMENT: usize = 4096;
 /// Most bytes one streaming read covers, unless one record alone needs more. Large enough
 /// that a read costs little next to the bytes it brings (a full 1 MiB batch has a window to
-/// itself, smaller entries share one), small enough that the windows a replay keeps in flight stay a few tens of MiB.
+/// itself, smaller entries share one), small enough that the windows a replay keeps in
+/// flight stay a few tens of MiB.
 pub const STREAM_WINDOW_SIZE: usize = 2 * 1024 * 1024;
 /// Window used when scanning the rest of the last segment after its end.
 pub const SCAN_WINDOW_SIZE: usize = 1024 * 1024;

@@ -5,9 +5,10 @@
 //! is one aligned read of whole records (segments already in the page cache are read
 //! through it instead, entry by entry: [`Piece::Cached`]). [`Window::read`] does the
 //! read, through a handle from [`Storage::open_unbuffered`](crate::Storage::open_unbuffered),
-//! and [`ReadWindow::entries`] checks and decodes its records. The entries' payloads are slices of the window's one
-//! buffer, not copies. Planning, reading and decoding are apart so that a caller can read
-//! the next window on one thread while it decodes this one on another.
+//! and [`ReadWindow::entries`] checks and decodes its records. The entries' payloads are
+//! slices of the window's one buffer, not copies. Planning, reading and decoding are apart
+//! so that a caller can read the next window on one thread while it decodes this one on
+//! another.
 //!
 //! Why not through the page cache: an audit reads gigabytes once. Buffered, every byte is
 //! first put into a cache page the kernel must allocate and account for, then copied into

@@ -9,9 +9,8 @@
 //!
 //! One pass over the log: [`IO_THREADS`] I/O threads, taking turns, read it in large
 //! reads around the page cache (`Journal::stream_plan`; segments already in the page
-//! cache are read through it), a reader thread checksums and
-//! decodes the entries ([`READ_AHEAD_ENTRIES`] ahead, so memory stays bounded whatever
-//! the log's length)
+//! cache are read through it), a reader thread checksums and decodes the entries
+//! ([`READ_AHEAD_ENTRIES`] ahead, so memory stays bounded whatever the log's length)
 //! while the calling thread, on a CPU of its own (`crate::placement`), applies them
 //! from genesis (or from the snapshot just before the first entry of a purged
 //! log). After each entry the replay captures its digest and hash chain (both
