@@ -79,15 +79,17 @@ change() {
 fsync_seconds=$(change tally_journal_fsync_seconds_sum)
 fsyncs=$(change tally_journal_fsync_seconds_count)
 snapshots=$(change tally_snapshots_built_total)
-python3 - "$result" "$fsync_seconds" "$fsyncs" "$snapshots" <<'EOF'
+snapshot_bytes=$(change tally_snapshot_bytes_stored_total)
+python3 - "$result" "$fsync_seconds" "$fsyncs" "$snapshots" "$snapshot_bytes" <<'EOF'
 import json, sys
 run = json.loads(sys.argv[1])
 fsync_seconds, fsyncs, snapshots = float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+snapshot_mb = float(sys.argv[5]) / 1e6
 print(
     f"rate {run['rate_target']:.0f}/s: {run['transfers_per_second']:.0f}/s acknowledged, "
     f"p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, "
     f"log fdatasync mean {1000 * fsync_seconds / max(fsyncs, 1):.3f} ms over {fsyncs:.0f}, "
-    f"snapshots built {snapshots}, errors {run['errors']}, "
+    f"snapshots built {snapshots} ({snapshot_mb:.0f} MB on disk), errors {run['errors']}, "
     f"verification {'passed' if run['verification']['passed'] else 'FAILED'}"
 )
 EOF

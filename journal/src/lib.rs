@@ -16,6 +16,7 @@ mod error;
 pub mod fault;
 mod journal;
 pub mod limits;
+pub mod pack;
 mod record;
 mod snapshot;
 mod storage;

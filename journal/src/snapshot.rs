@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::limits::{
     FORMAT_VERSION, SNAPSHOT_HEADER_SIZE, SNAPSHOT_SYNC_BYTES, SNAPSHOT_WRITE_CHUNK_SIZE,
 };
+use crate::pack::{self, Packer, Unpacker};
 use crate::storage::{Storage, StorageFile};
 use crate::EntryId;
 
@@ -29,14 +30,25 @@ mod field {
     pub const MAGIC: usize = 0;
     pub const VERSION: usize = 4;
     pub const HAS_LOG_ID: usize = 6;
+    pub const ENCODING: usize = 7;
     pub const TERM: usize = 8;
     pub const LEADER: usize = 16;
     pub const INDEX: usize = 24;
     pub const META_LEN: usize = 32;
     pub const META_RESERVED: usize = 36;
     pub const DATA_LEN: usize = 40;
-    pub const RESERVED: usize = 48;
+    pub const STORED_LEN: usize = 48;
+    pub const RESERVED: usize = 56;
     pub const CRC: usize = 60;
+}
+
+/// How a snapshot file holds its data (header byte 7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Encoding {
+    /// As given; the stored length is the data length (snapshots saved before session 18).
+    Raw = 0,
+    /// Packed (`pack.rs`): words XORed with the word a record before, zero bytes left out.
+    Packed = 1,
 }
 
 /// A snapshot as stored: the log id it covers, the caller's meta bytes (e.g. openraft's
@@ -112,6 +124,7 @@ impl SnapshotStore {
             |_| {},
             pause,
         )
+        .map(|_| ())
     }
 
     /// `save_paced` with the state bytes in pieces, written as they come: `data` yields them
@@ -119,7 +132,7 @@ impl SnapshotStore {
     /// file, for the caller to reuse. A snapshot larger than memory allows, or one still being
     /// encoded, is thus saved without ever being whole in memory. If `data` ends short of or
     /// past `data_len`, nothing is saved ([`Error::SnapshotLength`]) and the latest snapshot
-    /// stays as it was.
+    /// stays as it was. The data is stored packed (`pack.rs`); returns the bytes it took.
     pub fn save_streamed<B: AsRef<[u8]>>(
         &mut self,
         last_log_id: Option<EntryId>,
@@ -128,7 +141,7 @@ impl SnapshotStore {
         data: impl IntoIterator<Item = B>,
         mut written: impl FnMut(B),
         pause: std::time::Duration,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
@@ -139,6 +152,7 @@ impl SnapshotStore {
         let mut header = [0u8; SNAPSHOT_HEADER_SIZE];
         header[field::MAGIC..field::MAGIC + 4].copy_from_slice(&SNAPSHOT_MAGIC);
         header[field::VERSION..field::VERSION + 2].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        header[field::ENCODING] = Encoding::Packed as u8;
         if let Some(id) = last_log_id {
             header[field::HAS_LOG_ID] = 1;
             header[field::TERM..field::TERM + 8].copy_from_slice(&id.term.to_le_bytes());
@@ -154,9 +168,10 @@ impl SnapshotStore {
             .storage
             .create(&temp)
             .map_err(|error| Error::io("create", &temp, error))?;
-        // The header, which holds the checksum, is written last; the checksum is computed
-        // chunk by chunk as the body is written (one pass over the data, at the writes' pace).
-        let mut crc = crc32c::crc32c(&header[..field::CRC]);
+        // The header, which holds the checksum and the stored length, is written last; the
+        // body's checksum is computed chunk by chunk as it is written (one pass over the data,
+        // at the writes' pace) and combined with the header's at the end.
+        let mut crc = 0u32;
         let mut offset = SNAPSHOT_HEADER_SIZE as u64;
         let mut unsynced = 0usize;
         let mut unit_started = std::time::Instant::now();
@@ -189,9 +204,15 @@ impl SnapshotStore {
         };
         write(meta)?;
         let mut outcome = Ok(());
+        let mut packer = Packer::new();
+        let mut packed = Vec::new();
+        let mut streamed = 0u64;
         for piece in data {
             for chunk in piece.as_ref().chunks(SNAPSHOT_WRITE_CHUNK_SIZE) {
-                outcome = write(chunk);
+                packed.clear();
+                packer.pack(chunk, &mut packed);
+                streamed += chunk.len() as u64;
+                outcome = write(&packed);
                 if outcome.is_err() {
                     break;
                 }
@@ -201,7 +222,12 @@ impl SnapshotStore {
                 break;
             }
         }
-        let streamed = offset - SNAPSHOT_HEADER_SIZE as u64 - meta.len() as u64;
+        if outcome.is_ok() {
+            packed.clear();
+            packer.finish(&mut packed);
+            outcome = write(&packed);
+        }
+        let stored = offset - SNAPSHOT_HEADER_SIZE as u64 - meta.len() as u64;
         if outcome.is_ok() && streamed != data_len {
             outcome = Err(Error::SnapshotLength {
                 expected: data_len,
@@ -213,6 +239,12 @@ impl SnapshotStore {
             let _ = self.storage.remove(&temp);
             return Err(error);
         }
+        header[field::STORED_LEN..field::STORED_LEN + 8].copy_from_slice(&stored.to_le_bytes());
+        let crc = crc32c::crc32c_combine(
+            crc32c::crc32c(&header[..field::CRC]),
+            crc,
+            (stored + meta.len() as u64) as usize,
+        );
         header[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_le_bytes());
         file.write_at(&header, 0)
             .map_err(|error| Error::io("write", &temp, error))?;
@@ -238,7 +270,7 @@ impl SnapshotStore {
         if let Some(replaced) = replaced {
             crate::storage::free_gradually(&*replaced, pause);
         }
-        Ok(())
+        Ok(stored)
     }
 
     /// The latest saved snapshot, checksum-verified; `None` if there is none.
@@ -257,11 +289,12 @@ impl SnapshotStore {
                 supported: FORMAT_VERSION,
             });
         }
-        let meta_len = u64::from(u32_at(&header, field::META_LEN));
-        let data_len = u64_at(&header, field::DATA_LEN);
+        let layout = Layout::of(&header).ok_or_else(|| {
+            Error::corruption(&path, 0, None, "snapshot header fields out of range")
+        })?;
         let expected_size = (SNAPSHOT_HEADER_SIZE as u64)
-            .checked_add(meta_len)
-            .and_then(|size| size.checked_add(data_len));
+            .checked_add(layout.meta_len)
+            .and_then(|size| size.checked_add(layout.stored_len));
         if expected_size != Some(size) {
             return Err(Error::corruption(
                 path,
@@ -270,16 +303,23 @@ impl SnapshotStore {
                 "snapshot lengths do not match the file size",
             ));
         }
-        // Meta and data read apart: the data is returned as read, not copied out of one buffer.
-        let mut meta = vec![0u8; meta_len as usize];
-        let mut data = vec![0u8; data_len as usize];
+        let mut meta = vec![0u8; layout.meta_len as usize];
         let read_meta = read_fully(&*file, &mut meta, SNAPSHOT_HEADER_SIZE as u64)
             .map_err(|error| Error::io("read", &path, error))?;
-        let read_data = read_fully(&*file, &mut data, SNAPSHOT_HEADER_SIZE as u64 + meta_len)
-            .map_err(|error| Error::io("read", &path, error))?;
         let crc = crc32c::crc32c_append(crc32c::crc32c(&header[..field::CRC]), &meta);
-        let crc = crc32c::crc32c_append(crc, &data);
-        let has_log_id = header[field::HAS_LOG_ID];
+        let data_offset = SNAPSHOT_HEADER_SIZE as u64 + layout.meta_len;
+        let (read_data, crc, data) = match layout.encoding {
+            // Read whole: the data is returned as read, not copied out of another buffer.
+            Encoding::Raw => {
+                let mut data = vec![0u8; layout.data_len as usize];
+                let read = read_fully(&*file, &mut data, data_offset)
+                    .map_err(|error| Error::io("read", &path, error))?;
+                let crc = crc32c::crc32c_append(crc, &data);
+                (read, crc, Ok(data))
+            }
+            Encoding::Packed => read_packed(&*file, data_offset, &layout, crc)
+                .map_err(|error| Error::io("read", &path, error))?,
+        };
         if !(read_meta && read_data) || crc != u32_at(&header, field::CRC) {
             return Err(Error::corruption(
                 path,
@@ -288,20 +328,10 @@ impl SnapshotStore {
                 "snapshot checksum mismatch",
             ));
         }
-        if has_log_id > 1
-            || header[field::HAS_LOG_ID + 1] != 0
-            || header[field::META_RESERVED..field::DATA_LEN]
-                .iter()
-                .any(|&b| b != 0)
-            || header[field::RESERVED..field::CRC].iter().any(|&b| b != 0)
-        {
-            return Err(Error::corruption(
-                path,
-                0,
-                None,
-                "snapshot header fields out of range",
-            ));
-        }
+        // The checksum held, yet the packed bytes do not unpack: written wrong, not damaged.
+        let data = data.map_err(|error| {
+            Error::corruption(&path, data_offset, None, format!("snapshot data: {error}"))
+        })?;
         let last_log_id = header_log_id(&header);
         Ok(Some(Snapshot {
             last_log_id,
@@ -318,20 +348,40 @@ impl SnapshotStore {
         let Some((path, file, header)) = self.open_latest()? else {
             return Ok(None);
         };
-        let meta_len = u64::from(u32_at(&header, field::META_LEN));
-        let data_len = u64_at(&header, field::DATA_LEN);
-        let mut data =
-            vec![0u8; usize::try_from(data_len).map_or(len, |data_len| data_len.min(len))];
-        let complete = read_fully(&*file, &mut data, SNAPSHOT_HEADER_SIZE as u64 + meta_len)
-            .map_err(|error| Error::io("read", &path, error))?;
-        if !complete {
-            return Err(Error::corruption(
-                path,
-                0,
-                None,
-                "snapshot shorter than its header says",
-            ));
-        }
+        let layout = Layout::of(&header).ok_or_else(|| {
+            Error::corruption(&path, 0, None, "snapshot header fields out of range")
+        })?;
+        let data_offset = SNAPSHOT_HEADER_SIZE as u64 + layout.meta_len;
+        let wanted = layout.data_len.min(len as u64);
+        let shorter = || Error::corruption(&path, 0, None, "snapshot shorter than its header says");
+        let data = match layout.encoding {
+            Encoding::Raw => {
+                let mut data = vec![0u8; wanted as usize];
+                let complete = read_fully(&*file, &mut data, data_offset)
+                    .map_err(|error| Error::io("read", &path, error))?;
+                if !complete {
+                    return Err(shorter());
+                }
+                data
+            }
+            Encoding::Packed => {
+                // Enough packed bytes for the words wanted, however they packed.
+                let words = pack::words_of(wanted);
+                let mut packed =
+                    vec![0u8; pack::packed_size_max(wanted).min(layout.stored_len) as usize];
+                let read = file
+                    .read_at(&mut packed, data_offset)
+                    .map_err(|error| Error::io("read", &path, error))?;
+                let mut data = Vec::with_capacity(words as usize * 8);
+                let mut unpacker = Unpacker::new();
+                unpacker.unpack(&packed[..read], words, &mut data);
+                if unpacker.words() < words {
+                    return Err(shorter());
+                }
+                data.truncate(wanted as usize);
+                data
+            }
+        };
         Ok(Some((header_log_id(&header), data)))
     }
 
@@ -358,6 +408,90 @@ impl SnapshotStore {
         }
         Ok(Some((path, file, header)))
     }
+}
+
+/// Where a snapshot file's parts are and how its data is held, from its header; `None` if a
+/// field is out of range.
+struct Layout {
+    encoding: Encoding,
+    meta_len: u64,
+    /// The data as the caller gave it and gets it back.
+    data_len: u64,
+    /// The data as the file holds it.
+    stored_len: u64,
+}
+
+impl Layout {
+    fn of(header: &[u8; SNAPSHOT_HEADER_SIZE]) -> Option<Layout> {
+        let data_len = u64_at(header, field::DATA_LEN);
+        let stored_len = u64_at(header, field::STORED_LEN);
+        let (encoding, stored_len) = match header[field::ENCODING] {
+            0 if stored_len == 0 => (Encoding::Raw, data_len),
+            // Every packed word takes at least its tag: a data length the stored bytes
+            // cannot hold is refused before anything is sized by it.
+            1 if pack::words_of(data_len) <= stored_len
+                && stored_len <= pack::packed_size_max(data_len) =>
+            {
+                (Encoding::Packed, stored_len)
+            }
+            _ => return None,
+        };
+        let in_range = header[field::HAS_LOG_ID] <= 1
+            && header[field::META_RESERVED..field::DATA_LEN]
+                .iter()
+                .all(|&byte| byte == 0)
+            && header[field::RESERVED..field::CRC]
+                .iter()
+                .all(|&byte| byte == 0);
+        in_range.then_some(Layout {
+            encoding,
+            meta_len: u64::from(u32_at(header, field::META_LEN)),
+            data_len,
+            stored_len,
+        })
+    }
+}
+
+/// Reads and unpacks packed data a chunk at a time, checksumming the packed bytes as they are
+/// read (continuing `crc`): whether the file held all of them, the checksum, and the data
+/// (or why the bytes did not unpack).
+fn read_packed(
+    file: &dyn StorageFile,
+    offset: u64,
+    layout: &Layout,
+    mut crc: u32,
+) -> io::Result<(bool, u32, std::result::Result<Vec<u8>, pack::UnpackError>)> {
+    let words = pack::words_of(layout.data_len);
+    let mut data = Vec::with_capacity(words as usize * 8);
+    let mut unpacker = Unpacker::new();
+    let mut buffer = vec![0u8; SNAPSHOT_WRITE_CHUNK_SIZE + pack::PACKED_WORD_SIZE_MAX];
+    // Packed bytes read but not yet unpacked (a word cut by the end of a read) at the front.
+    let mut carried = 0;
+    let mut extra = 0u64;
+    let mut read_total = 0u64;
+    while read_total < layout.stored_len {
+        let wanted = (layout.stored_len - read_total).min(SNAPSHOT_WRITE_CHUNK_SIZE as u64);
+        let chunk = &mut buffer[carried..carried + wanted as usize];
+        if !read_fully(file, chunk, offset + read_total)? {
+            return Ok((false, crc, Ok(Vec::new())));
+        }
+        crc = crc32c::crc32c_append(crc, chunk);
+        read_total += wanted;
+        let available = carried + wanted as usize;
+        let used = unpacker.unpack(&buffer[..available], words - unpacker.words(), &mut data);
+        if unpacker.words() == words {
+            // Bytes past the last word: read on for the checksum, counted, not kept.
+            extra += (available - used) as u64;
+            carried = 0;
+        } else {
+            // Less than one word is left over (`unpack` stops only at a word cut short).
+            buffer.copy_within(used..available, 0);
+            carried = available - used;
+        }
+    }
+    let left = carried as u64 + extra;
+    let data = pack::finish_unpacking(&unpacker, layout.data_len, left, &mut data).map(|()| data);
+    Ok((true, crc, data))
 }
 
 /// A snapshot file opened: its path, the file and its header.

@@ -516,7 +516,12 @@ fn a_corrupt_snapshot_is_reported() {
     let disk = FaultyStorage::new(1);
     let mut store = SnapshotStore::open(disk.shared(), dir()).unwrap();
     store.save(None, b"meta", &[5; 1000]).unwrap();
-    for byte in [0u64, 10, 63, 64, 70, 500, 1067] {
+    // Header, meta, the packed data's first and last bytes and one between.
+    let size = disk
+        .durable_contents(&dir().join(SNAPSHOT_FILE_NAME))
+        .unwrap()
+        .len() as u64;
+    for byte in [0u64, 7, 10, 48, 63, 64, 68, 70, size / 2, size - 1] {
         let disk = FaultyStorage::new(1);
         let mut store = SnapshotStore::open(disk.shared(), dir()).unwrap();
         store.save(None, b"meta", &[5; 1000]).unwrap();
@@ -770,5 +775,127 @@ fn a_snapshot_streamed_in_pieces_is_saved_whole_and_one_cut_short_is_not_saved()
         let latest = store.load_latest().unwrap().unwrap();
         assert_eq!(latest.last_log_id, Some(id(3, 40)));
         assert_eq!(latest.data, data);
+    }
+}
+
+/// A snapshot file as the store lays it out (docs/design.md §3), checksummed: `encoding` 0
+/// holds `stored` as the data, 1 holds it packed with `data_len` bytes unpacked.
+fn snapshot_file(encoding: u8, meta: &[u8], data_len: u64, stored: &[u8]) -> Vec<u8> {
+    let mut file = vec![0u8; 64];
+    file[0..4].copy_from_slice(b"TLYS");
+    file[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    file[7] = encoding;
+    file[32..36].copy_from_slice(&(meta.len() as u32).to_le_bytes());
+    file[40..48].copy_from_slice(&data_len.to_le_bytes());
+    if encoding == 1 {
+        file[48..56].copy_from_slice(&(stored.len() as u64).to_le_bytes());
+    }
+    file.extend_from_slice(meta);
+    file.extend_from_slice(stored);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&file[..60]), &file[64..]);
+    file[60..64].copy_from_slice(&crc.to_le_bytes());
+    file
+}
+
+/// 128-byte records shaped like the engine's transfers: a client's numbered ids, a few
+/// accounts, small amounts, a timestamp moving by one.
+fn transfer_like_records(count: u64) -> Vec<u8> {
+    (0..count)
+        .flat_map(|index| {
+            let mut record = [0u8; 128];
+            record[0..8].copy_from_slice(&(1_000_000 + index).to_le_bytes());
+            record[8..16].copy_from_slice(&0x5eed_u64.to_le_bytes());
+            record[16..24].copy_from_slice(&(index * 7919 % 1000 + 1).to_le_bytes());
+            record[32..40].copy_from_slice(&(index * 104_729 % 1000 + 1).to_le_bytes());
+            record[48..56].copy_from_slice(&(index % 997 + 1).to_le_bytes());
+            record[112..116].copy_from_slice(&1u32.to_le_bytes());
+            record[116..118].copy_from_slice(&1u16.to_le_bytes());
+            record[120..128].copy_from_slice(&(1 << 40 | index).to_le_bytes());
+            record
+        })
+        .collect()
+}
+
+#[test]
+fn snapshot_data_is_stored_packed_and_read_back_as_given() {
+    let disk = FaultyStorage::new(21);
+    let mut store = SnapshotStore::open(disk.shared(), dir()).unwrap();
+    let data = transfer_like_records(10_000);
+    let pieces: Vec<Vec<u8>> = data.chunks(3_001).map(<[u8]>::to_vec).collect();
+    let stored = store
+        .save_streamed(
+            Some(id(2, 9)),
+            b"meta",
+            data.len() as u64,
+            pieces,
+            |_| {},
+            std::time::Duration::ZERO,
+        )
+        .unwrap();
+    let file = disk
+        .durable_contents(&dir().join(SNAPSHOT_FILE_NAME))
+        .unwrap();
+    assert_eq!(file.len() as u64, 64 + 4 + stored);
+    assert_eq!(file[7], 1, "packed");
+    // Tags and the bytes that change from one record to the next: about a fifth.
+    assert!(stored * 4 < data.len() as u64, "{stored} of {}", data.len());
+    assert_eq!(store.load_latest().unwrap().unwrap().data, data);
+    for len in [0, 1, 7, 8, 100, 128, 4096, data.len(), data.len() + 10] {
+        let (log_id, prefix) = store.peek_latest(len).unwrap().unwrap();
+        assert_eq!(log_id, Some(id(2, 9)));
+        assert_eq!(prefix, data[..len.min(data.len())], "peek {len}");
+    }
+}
+
+#[test]
+fn a_snapshot_saved_unpacked_still_loads() {
+    let disk = FaultyStorage::new(22);
+    let data: Vec<u8> = (0..1000u32).map(|value| (value * 31) as u8).collect();
+    disk.put_durable(
+        &dir().join(SNAPSHOT_FILE_NAME),
+        &snapshot_file(0, b"old", data.len() as u64, &data),
+    );
+    let store = SnapshotStore::open(disk.shared(), dir()).unwrap();
+    let loaded = store.load_latest().unwrap().unwrap();
+    assert_eq!(
+        (loaded.meta.as_slice(), loaded.data),
+        (&b"old"[..], data.clone())
+    );
+    assert_eq!(store.peek_latest(10).unwrap().unwrap().1, data[..10]);
+}
+
+#[test]
+fn packed_bytes_that_do_not_unpack_are_corruption_even_under_a_valid_checksum() {
+    let good = tally_journal::pack::pack(&[9u8; 100]);
+    let cases: Vec<(&str, u8, u64, Vec<u8>)> = vec![
+        ("ends inside a word", 1, 16, vec![0xff, 1, 2, 3]),
+        (
+            "bytes after the last word",
+            1,
+            100,
+            [good.clone(), vec![0]].concat(),
+        ),
+        ("padding not zero", 1, 99, good.clone()),
+        ("more words than stored bytes", 1, 800, vec![0; 99]),
+        (
+            "more stored bytes than any packing needs",
+            1,
+            8,
+            vec![0; 10],
+        ),
+        ("unknown encoding", 2, 100, good.clone()),
+    ];
+    for (case, encoding, data_len, stored) in cases {
+        let disk = FaultyStorage::new(23);
+        disk.put_durable(
+            &dir().join(SNAPSHOT_FILE_NAME),
+            &snapshot_file(encoding, b"m", data_len, &stored),
+        );
+        let store = SnapshotStore::open(disk.shared(), dir()).unwrap();
+        let error = store.load_latest().expect_err(case);
+        assert!(
+            matches!(error, Error::Corruption { .. }) && error.is_fatal(),
+            "{case}: {error}"
+        );
     }
 }

@@ -53,14 +53,14 @@ impl SnapshotFiles {
     /// `save` with the engine's bytes in pieces, written as they arrive on `pieces` (`data_len`
     /// in all); each written piece goes back on `spares` for reuse. Blocks until the sender
     /// hangs up: call it from a thread that may block. A stream that ends short (the snapshot
-    /// was abandoned) saves nothing.
+    /// was abandoned) saves nothing. Returns the bytes the data took on disk (packed).
     pub fn save_streamed(
         &self,
         meta: &SnapshotMeta,
         data_len: u64,
         pieces: std::sync::mpsc::Receiver<Vec<u8>>,
         spares: std::sync::mpsc::Sender<Vec<u8>>,
-    ) -> io::Result<()> {
+    ) -> io::Result<u64> {
         let meta_bytes = postcard::to_allocvec(meta).map_err(io::Error::other)?;
         self.store
             .lock()

@@ -161,16 +161,16 @@ impl SnapshotStream {
 /// The thread saving a snapshot: running alongside the encoding, or (everything inline, in the
 /// simulator) to run once the encoding is done.
 enum Saver {
-    Running(tokio::task::JoinHandle<io::Result<()>>),
-    Later(Box<dyn FnOnce() -> io::Result<()> + Send>),
+    Running(tokio::task::JoinHandle<io::Result<u64>>),
+    Later(Box<dyn FnOnce() -> io::Result<u64> + Send>),
 }
 
 impl StateMachine {
     /// Begins a snapshot on the business-logic thread, copies the transfers a step at a time
     /// and streams the bytes to the snapshot files as they are copied. `None` if the ledger
     /// was replaced (a snapshot was installed) in between: nothing is saved. Also returns the
-    /// snapshot's size and the longest step, in seconds.
-    async fn build_streamed(&self) -> io::Result<Option<(SnapshotMeta, usize, f64)>> {
+    /// snapshot's size, the bytes it took on disk (packed) and the longest step, in seconds.
+    async fn build_streamed(&self) -> io::Result<Option<(SnapshotMeta, usize, u64, f64)>> {
         let (writer, last_applied, membership, generation, mut pause_seconds_max) = self
             .ring
             .run(|core: &mut Core| {
@@ -271,11 +271,11 @@ impl StateMachine {
         } else {
             drop(stream);
         }
-        match saver {
+        let stored = match saver {
             Saver::Running(saver) => saver.await.map_err(io::Error::other)??,
             Saver::Later(save) => save()?,
-        }
-        Ok(Some((meta, size, pause_seconds_max)))
+        };
+        Ok(Some((meta, size, stored, pause_seconds_max)))
     }
 }
 
@@ -291,7 +291,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         // (design.md §4, "Snapshots"): the first step copies what batches may change,
         // the next ones the append-only transfers; each step's bytes are checksummed and
         // written elsewhere while the next is copied.
-        let (meta, bytes, pause_seconds_max) = loop {
+        let (meta, bytes, stored, pause_seconds_max) = loop {
             if let Some(built) = self.build_streamed().await? {
                 break built;
             }
@@ -299,9 +299,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         };
         metrics::histogram!("tally_snapshot_step_seconds_max").record(pause_seconds_max);
         metrics::counter!("tally_snapshots_built_total").increment(1);
+        metrics::counter!("tally_snapshot_bytes_stored_total").increment(stored);
         tracing::info!(
             last_log_id = ?meta.last_log_id,
             bytes,
+            stored,
             step_ms_max = pause_seconds_max * 1000.0,
             "snapshot built"
         );
