@@ -11,7 +11,9 @@
 # target/release/tally-bench), DATA (a data directory, created and removed; default
 # ./open-loop-data; the node's log is left beside it as DATA.log), PORT (default 3002).
 # Prints one line: the rate reached, the client's p50 and p99, the node's mean log fdatasync
-# and the snapshots built during the measured run.
+# and the snapshots built during the measured run (with the bytes they took on disk); then the
+# p99 of each second. RUST_LOG (default warn) is passed to the node: `RUST_LOG=info` puts each
+# "snapshot built" line in DATA.log.
 set -euo pipefail
 
 rate=${1:?usage: open-loop.sh RATE [BATCH] [CONNECTIONS]}
@@ -37,7 +39,7 @@ done
 
 rm -rf "$data"
 mkdir -p "$data"
-TALLY_ACCOUNTS_MAX=1048576 TALLY_TRANSFERS_MAX=33554432 RUST_LOG=warn \
+TALLY_ACCOUNTS_MAX=1048576 TALLY_TRANSFERS_MAX=33554432 RUST_LOG=${RUST_LOG:-warn} \
     "$tally" start --data-dir "$data" --http "127.0.0.1:$port" >"$data.log" 2>&1 &
 node=$!
 trap 'kill -TERM $node 2>/dev/null; wait $node 2>/dev/null; rm -rf "$data"' EXIT
@@ -92,4 +94,7 @@ print(
     f"snapshots built {snapshots} ({snapshot_mb:.0f} MB on disk), errors {run['errors']}, "
     f"verification {'passed' if run['verification']['passed'] else 'FAILED'}"
 )
+per_second = run.get("p99_ms_per_second")
+if per_second:
+    print("p99 of each second (ms): " + " ".join(f"{value:.1f}" for value in per_second))
 EOF

@@ -97,12 +97,21 @@ impl PendingStatus {
     }
 }
 
+/// Transfers per block of `PendingStatuses::block_counts`: 4 KiB of statuses.
+const PENDING_BLOCK_TRANSFERS: usize = 1 << 12;
+
 /// The `PendingStatus` of every transfer created with `pending`, by transfer index: one byte per
 /// transfer in a `Vec` parallel to the transfers, so creating a transfer appends a byte and a post
 /// or void reads and writes one in place, with no map to hash into.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct PendingStatuses {
     statuses: Vec<Option<PendingStatus>>,
+    /// How many statuses are `Some` in each block of `PENDING_BLOCK_TRANSFERS` transfers (blocks
+    /// past its end hold none), so that listing them skips blocks of transfers never pending.
+    /// The list is a snapshot's first step, on the business-logic thread: reading a byte per
+    /// transfer there took 26 ms at 18 M transfers, a stall every waiting batch shared (session
+    /// 18). A transfer that is not pending never touches this.
+    block_counts: Vec<u32>,
     /// How many are `Some`.
     len: usize,
 }
@@ -125,7 +134,23 @@ impl PendingStatuses {
     /// A slot for a newly appended pending transfer, with status `Pending`.
     fn push_transfer_pending(&mut self) {
         self.statuses.push(Some(PendingStatus::Pending));
+        self.count_one_more(self.statuses.len() - 1);
+    }
+
+    fn count_one_more(&mut self, index: usize) {
+        let block = index / PENDING_BLOCK_TRANSFERS;
+        if block >= self.block_counts.len() {
+            self.block_counts.resize(block + 1, 0);
+        }
+        self.block_counts[block] += 1;
         self.len += 1;
+    }
+
+    fn count_one_less(&mut self, index: usize) {
+        let block = index / PENDING_BLOCK_TRANSFERS;
+        assert!(self.block_counts[block] > 0);
+        self.block_counts[block] -= 1;
+        self.len -= 1;
     }
 
     /// Drops the slot of the newest transfer, which must hold no status.
@@ -137,13 +162,17 @@ impl PendingStatuses {
     /// Sets the status of transfer `index`, returning the previous one.
     pub(crate) fn insert(&mut self, index: u32, status: PendingStatus) -> Option<PendingStatus> {
         let previous = self.statuses[index as usize].replace(status);
-        self.len += previous.is_none() as usize;
+        if previous.is_none() {
+            self.count_one_more(index as usize);
+        }
         previous
     }
 
     fn remove(&mut self, index: u32) -> Option<PendingStatus> {
         let previous = self.statuses[index as usize].take();
-        self.len -= previous.is_some() as usize;
+        if previous.is_some() {
+            self.count_one_less(index as usize);
+        }
         previous
     }
 
@@ -155,12 +184,45 @@ impl PendingStatuses {
         self.len
     }
 
-    /// (transfer index, status) of every pending transfer, by index.
+    /// (transfer index, status) of every pending transfer, by index: reads the blocks that hold
+    /// one, not a byte per transfer.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, PendingStatus)> + '_ {
-        self.statuses
+        self.block_counts
             .iter()
             .enumerate()
-            .filter_map(|(index, status)| status.map(|status| (index as u32, status)))
+            .filter(|(_, &count)| count > 0)
+            .flat_map(move |(block, _)| {
+                let start = block * PENDING_BLOCK_TRANSFERS;
+                let end = self.statuses.len().min(start + PENDING_BLOCK_TRANSFERS);
+                self.statuses[start..end]
+                    .iter()
+                    .enumerate()
+                    .filter_map(move |(offset, status)| {
+                        status.map(|status| ((start + offset) as u32, status))
+                    })
+            })
+    }
+
+    /// Asserts that the block counts and the count agree with the statuses.
+    pub(crate) fn check_counts(&self) {
+        let mut counted = vec![0u32; self.statuses.len().div_ceil(PENDING_BLOCK_TRANSFERS)];
+        for (index, status) in self.statuses.iter().enumerate() {
+            counted[index / PENDING_BLOCK_TRANSFERS] += u32::from(status.is_some());
+        }
+        // Either may be the longer (a rolled-back chain pops the transfers of a block it
+        // grew): past its end, each must count none.
+        let blocks = self.block_counts.len().max(counted.len());
+        for block in 0..blocks {
+            assert_eq!(
+                self.block_counts.get(block).copied().unwrap_or(0),
+                counted.get(block).copied().unwrap_or(0),
+                "pending statuses counted in block {block}"
+            );
+        }
+        assert_eq!(
+            self.len,
+            counted.iter().map(|&count| count as usize).sum::<usize>()
+        );
     }
 }
 
@@ -2359,6 +2421,43 @@ mod tests {
             pending_ids.push(transfer.id);
         }
         transfer
+    }
+
+    #[test]
+    fn pending_statuses_are_listed_from_the_blocks_that_hold_them() {
+        let mut statuses = PendingStatuses::default();
+        statuses.push_transfers(3 * PENDING_BLOCK_TRANSFERS + 10);
+        let third_block = 2 * PENDING_BLOCK_TRANSFERS as u32;
+        for (index, status) in [
+            (third_block + 7, PendingStatus::Pending),
+            (5, PendingStatus::Pending),
+            (third_block, PendingStatus::Posted),
+            (
+                3 * PENDING_BLOCK_TRANSFERS as u32 + 9,
+                PendingStatus::Voided,
+            ),
+        ] {
+            assert_eq!(statuses.insert(index, status), None);
+        }
+        assert_eq!(statuses.remove(5), Some(PendingStatus::Pending));
+        assert_eq!(
+            statuses.insert(third_block + 7, PendingStatus::Expired),
+            Some(PendingStatus::Pending)
+        );
+        statuses.push_transfer_pending();
+        statuses.check_counts();
+        let listed: Vec<(u32, PendingStatus)> = statuses.iter().collect();
+        let last = 3 * PENDING_BLOCK_TRANSFERS as u32;
+        assert_eq!(
+            listed,
+            [
+                (third_block, PendingStatus::Posted),
+                (third_block + 7, PendingStatus::Expired),
+                (last + 9, PendingStatus::Voided),
+                (last + 10, PendingStatus::Pending),
+            ]
+        );
+        assert_eq!(statuses.len(), 4);
     }
 
     #[test]

@@ -275,6 +275,7 @@ impl Ledger {
     }
 
     fn check_pending_resolutions(&self) {
+        self.pending_statuses.check_counts();
         let mut resolutions: IdMap<u32, (u32, u16)> = IdMap::default();
         for transfer in &self.transfers {
             let resolving =

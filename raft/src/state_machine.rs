@@ -192,6 +192,12 @@ impl StateMachine {
             last_membership: membership,
         };
         let size = writer.size();
+        tracing::info!(
+            bytes = size,
+            transfers_left = writer.transfers_left(),
+            begin_ms = pause_seconds_max * 1000.0,
+            "snapshot begun"
+        );
         // Inline, the saver runs after the encoding: every piece must fit in the channel.
         let in_flight = match self.threads {
             Threads::Dedicated => SNAPSHOT_PIECES_IN_FLIGHT,
