@@ -9,7 +9,8 @@
 #
 # Environment: TALLY (the node binary, default target/release/tally), BENCH (default
 # target/release/tally-bench), DATA (a data directory, created and removed; default
-# ./open-loop-data; the node's log is left beside it as DATA.log), PORT (default 3002).
+# ./open-loop-data; the node's log is left beside it as DATA.log), PORT (default 3002),
+# NODE_ARGS (more `tally start` flags, e.g. `--snapshot-every 1000000000` for no snapshots).
 # Prints one line: the rate reached, the client's p50 and p99, the node's mean log fdatasync
 # and the snapshots built during the measured run (with the bytes they took on disk); then the
 # p99 of each second. RUST_LOG (default warn) is passed to the node: `RUST_LOG=info` puts each
@@ -40,7 +41,7 @@ done
 rm -rf "$data"
 mkdir -p "$data"
 TALLY_ACCOUNTS_MAX=1048576 TALLY_TRANSFERS_MAX=33554432 RUST_LOG=${RUST_LOG:-warn} \
-    "$tally" start --data-dir "$data" --http "127.0.0.1:$port" >"$data.log" 2>&1 &
+    "$tally" start --data-dir "$data" --http "127.0.0.1:$port" ${NODE_ARGS:-} >"$data.log" 2>&1 &
 node=$!
 trap 'kill -TERM $node 2>/dev/null; wait $node 2>/dev/null; rm -rf "$data"' EXIT
 answering=false

@@ -111,6 +111,10 @@ pub struct StartArgs {
     /// Record (and, on the leader, propose) a state-digest checkpoint every N log entries.
     #[arg(long, default_value_t = tally_raft::limits::CHECKPOINT_EVERY_ENTRIES_DEFAULT)]
     pub checkpoint_every: u64,
+    /// Take a snapshot every N log entries; 0 (the default): when the log a restart would
+    /// re-apply outweighs the state the last snapshot wrote (docs/design.md §4).
+    #[arg(long, default_value_t = tally_raft::limits::SNAPSHOT_EVERY_ENTRIES_DEFAULT)]
+    pub snapshot_every: u64,
     #[command(flatten)]
     pub capacity: tally_sim::replay::CapacityArgs,
 }
@@ -153,6 +157,7 @@ impl StartArgs {
                 heartbeat_ms: self.heartbeat_ms,
                 election_timeout_ms: self.election_timeout_ms,
                 checkpoint_every: self.checkpoint_every,
+                snapshot_every: self.snapshot_every,
                 ledger_capacity: self.capacity.ledger_capacity(),
             },
         })

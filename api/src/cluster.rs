@@ -39,6 +39,8 @@ pub struct NodeSettings {
     pub heartbeat_ms: u64,
     pub election_timeout_ms: (u64, u64),
     pub checkpoint_every: u64,
+    /// `--snapshot-every`: every N entries, or 0 for the adaptive policy.
+    pub snapshot_every: u64,
     /// `--accounts-max` / `--transfers-max`: the ledger's size, reserved at start-up.
     pub ledger_capacity: Option<tally_raft::node::LedgerCapacity>,
 }
@@ -55,6 +57,7 @@ impl Default for NodeSettings {
             heartbeat_ms: HEARTBEAT_MS_DEFAULT,
             election_timeout_ms: (300, 600),
             checkpoint_every: tally_raft::limits::CHECKPOINT_EVERY_ENTRIES_DEFAULT,
+            snapshot_every: tally_raft::limits::SNAPSHOT_EVERY_ENTRIES_DEFAULT,
             ledger_capacity: None,
         }
     }

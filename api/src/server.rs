@@ -152,6 +152,7 @@ pub fn node_config(config: &ServerConfig, local_addr: SocketAddr) -> NodeConfig 
     node.heartbeat_interval_ms = settings.heartbeat_ms;
     (node.election_timeout_min_ms, node.election_timeout_max_ms) = settings.election_timeout_ms;
     node.checkpoint_every_entries = settings.checkpoint_every;
+    node.snapshot_every_entries = settings.snapshot_every;
     node.ledger_capacity = settings.ledger_capacity;
     node.info.region = settings.own_region();
     if settings.clustered() {

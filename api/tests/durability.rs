@@ -51,7 +51,12 @@ fn ledger_sums(server: &Server, ledger: u32) -> (u128, u128) {
 #[test]
 fn restart_keeps_every_transfer_and_the_digest() {
     let directory = tempfile::tempdir().unwrap();
-    let mut server = Server::start(&directory.path().join("data"), None);
+    // Snapshots every few entries: the restarts below restore one and re-apply the log after.
+    let mut server = Server::start_with(
+        &directory.path().join("data"),
+        None,
+        &["--snapshot-every", "5"],
+    );
     create_accounts(&server, 1);
     let mut expected = BTreeMap::new();
     for request in 0..20u64 {
@@ -70,6 +75,18 @@ fn restart_keeps_every_transfer_and_the_digest() {
     let digest = server.digest();
     let sums = ledger_sums(&server, 1);
     assert_eq!(sums.0, sums.1);
+    // A snapshot was taken, and stored packed (header byte 7, docs/design.md §3).
+    let snapshot = directory
+        .path()
+        .join("data")
+        .join("snapshots")
+        .join("snapshot");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !snapshot.exists() {
+        assert!(Instant::now() < deadline, "no snapshot:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::read(&snapshot).unwrap()[7], 1, "a packed snapshot");
 
     assert!(
         server.terminate(),

@@ -57,6 +57,8 @@ pub struct Server {
     pub data_dir: PathBuf,
     log_path: PathBuf,
     token: Option<String>,
+    /// More `tally start` arguments, given at every start.
+    args: Vec<String>,
     agent: ureq::Agent,
 }
 
@@ -71,6 +73,11 @@ pub fn agent() -> ureq::Agent {
 impl Server {
     /// Starts a server on `data_dir` and waits until it is healthy.
     pub fn start(data_dir: &Path, token: Option<&str>) -> Server {
+        Server::start_with(data_dir, token, &[])
+    }
+
+    /// `start`, with more `tally start` arguments (given again at each restart).
+    pub fn start_with(data_dir: &Path, token: Option<&str>, args: &[&str]) -> Server {
         let port = free_port();
         let log_path = data_dir.with_extension(format!("{port}.log"));
         let mut server = Server {
@@ -80,6 +87,7 @@ impl Server {
             data_dir: data_dir.to_owned(),
             log_path,
             token: token.map(str::to_owned),
+            args: args.iter().map(|arg| (*arg).to_owned()).collect(),
             agent: agent(),
         };
         server.spawn();
@@ -109,6 +117,7 @@ impl Server {
         if let Some(token) = &self.token {
             command.arg("--api-token").arg(token);
         }
+        command.args(&self.args);
         self.child = Some(command.spawn().expect("spawn tally start"));
         self.wait_healthy();
     }
