@@ -746,6 +746,10 @@ impl Ledger {
         self.accounts_max
     }
 
+    pub fn history_rows_max(&self) -> usize {
+        self.history_rows_max
+    }
+
     pub fn transfers_max(&self) -> usize {
         self.transfers_max
     }

@@ -273,11 +273,16 @@ pub const META_FILE_NAME: &str = "meta";
 
 impl MetaStore {
     pub fn open(storage: Arc<dyn Storage>, dir: &Path) -> Result<MetaStore> {
+        MetaStore::open_named(storage, dir, META_FILE_NAME)
+    }
+
+    /// `open`, with the value in the file `name` of `dir` instead of `meta`.
+    pub fn open_named(storage: Arc<dyn Storage>, dir: &Path, name: &str) -> Result<MetaStore> {
         storage
             .create_dir_all(dir)
             .map_err(|error| Error::io("create directory", dir, error))?;
         Ok(MetaStore {
-            record: AtomicRecord::open(&*storage, dir, META_FILE_NAME)?,
+            record: AtomicRecord::open(&*storage, dir, name)?,
         })
     }
 

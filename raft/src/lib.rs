@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod checkpoint;
 pub mod ingress;
+pub mod ledger_limits;
 pub mod limits;
 pub mod log_store;
 pub mod network;

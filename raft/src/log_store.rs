@@ -212,6 +212,15 @@ impl LogStore {
 }
 
 impl LogStore {
+    /// The index of the newest entry in the log (or purged behind a snapshot), if any.
+    pub fn last_index(&self) -> Option<u64> {
+        let journal = self.shared.journal.lock().expect("journal lock");
+        journal
+            .last_entry_id()
+            .or(journal.purged_id())
+            .map(|id| id.index)
+    }
+
     /// Closes the files of removed segments off the log's path (see
     /// `Journal::take_retired_files`): on a blocking thread that nothing waits for, or
     /// in place when everything runs inline (the simulator).

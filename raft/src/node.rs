@@ -128,6 +128,17 @@ pub enum StartError {
         addr: std::net::SocketAddr,
         source: io::Error,
     },
+    #[error(
+        "the ledger's limits changed ({recorded} when the log was applied, {now} now), and \
+         {entries} log entries after the latest snapshot would be applied again under the new \
+         ones, which can change results clients were already given; start with the old limits, \
+         take a snapshot (`tally cluster snapshot`), then restart with the new ones"
+    )]
+    LedgerLimitsChanged {
+        recorded: crate::ledger_limits::LedgerLimits,
+        now: crate::ledger_limits::LedgerLimits,
+        entries: u64,
+    },
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -272,8 +283,12 @@ impl Node {
         )
         .map_err(|error| StartError::Journal(error.to_string()))?;
         let snapshots = Arc::new(
-            SnapshotFiles::open(storage, &data_dir.join("snapshots"), environment.threads)
-                .map_err(|error| StartError::Journal(error.to_string()))?,
+            SnapshotFiles::open(
+                Arc::clone(&storage),
+                &data_dir.join("snapshots"),
+                environment.threads,
+            )
+            .map_err(|error| StartError::Journal(error.to_string()))?,
         );
         let drift = Arc::new(DriftState::default());
         let (checkpoint_sink, checkpoints) =
@@ -290,6 +305,22 @@ impl Node {
         )
         .map_err(|error| StartError::Journal(error.to_string()))?;
         let ring = Arc::clone(state_machine.ring());
+        let (limits, applied_index) = ring
+            .run(|core: &mut Core| {
+                (
+                    crate::ledger_limits::LedgerLimits::of(&core.ledger),
+                    core.last_applied.map(|log_id| log_id.index),
+                )
+            })
+            .await
+            .map_err(|error| StartError::Raft(error.to_string()))?;
+        crate::ledger_limits::check_and_record(
+            storage,
+            &data_dir,
+            limits,
+            applied_index,
+            log_store.last_index(),
+        )?;
 
         let raft_config = Config {
             cluster_name: "tally".into(),

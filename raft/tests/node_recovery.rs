@@ -10,6 +10,7 @@ use tally_engine::Transfer;
 use tally_raft::node::LedgerCapacity;
 use tally_raft::node::Node;
 use tally_raft::node::NodeConfig;
+use tally_raft::node::StartError;
 use zerocopy::IntoBytes;
 
 const OK: u32 = 0;
@@ -129,15 +130,17 @@ async fn restart_recovers_from_snapshot_and_log_with_the_same_digest() {
 }
 
 /// A sized ledger keeps its configured capacity across a restart from a snapshot (raised here),
-/// with the same digest.
+/// with the same digest; but it is not raised while the log after the snapshot would be
+/// applied again under it: a transfer refused for capacity must stay refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_from_a_snapshot_keeps_the_configured_capacity() {
+async fn raising_the_capacity_waits_for_a_snapshot_and_changes_no_result() {
     let dir = tempfile::tempdir().expect("temp dir");
     let capacity = |transfers_max| LedgerCapacity {
         accounts_max: 8,
         transfers_max,
     };
-    let node = start_sized(dir.path(), 20, Some(capacity(100))).await;
+    // No snapshot by policy: the log after the last one is what the test controls.
+    let node = start_sized(dir.path(), 0, Some(capacity(100))).await;
     let accounts: Vec<Account> = (1..=4).map(account).collect();
     let results = node
         .submit(
@@ -147,25 +150,77 @@ async fn restart_from_a_snapshot_keeps_the_configured_capacity() {
         .await
         .expect("create accounts");
     assert!(results.iter().all(|result| result.status == OK));
-    submit_transfers(&node, 100, 60).await;
-    wait_for_a_snapshot(&node).await;
+    submit_transfers(&node, 100, 100).await;
+    // The ledger is full: the 101st transfer is refused for capacity.
+    let refused = [transfer(500, 1, 2, 7)];
+    let results = node
+        .submit(
+            Operation::CreateTransfers,
+            Bytes::copy_from_slice(refused.as_bytes()),
+        )
+        .await
+        .expect("submit");
+    let capacity_exceeded = tally_engine::CreateTransferResult::TransfersCapacityExceeded.code();
+    assert_eq!(results[0].status, capacity_exceeded);
     let sizes = |ledger: &tally_engine::Ledger| (ledger.accounts_max(), ledger.transfers_max());
     assert_eq!(node.read_local(sizes).await.expect("read"), (8, 100));
     let before = node.ledger_status().await.expect("status");
     node.shutdown().await;
     drop(node);
 
-    let node = start_sized(dir.path(), 20, Some(capacity(200))).await;
-    let mut after = node.ledger_status().await.expect("status");
+    // Raised with the log not yet in a snapshot: refused, and nothing changes on disk.
+    let mut config = NodeConfig::single(dir.path().to_path_buf(), "127.0.0.1:0".into());
+    config.ledger_capacity = Some(capacity(200));
+    let error = Node::start(config)
+        .await
+        .err()
+        .expect("a raised capacity is refused");
+    assert!(
+        matches!(error, StartError::LedgerLimitsChanged { entries, .. } if entries > 0),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("tally cluster snapshot"),
+        "{error}"
+    );
+
+    // With the old limits it starts, answers as before, and takes the snapshot.
+    let node = start_sized(dir.path(), 0, Some(capacity(100))).await;
+    wait_for_transfers(&node, before.transfers).await;
+    assert_eq!(
+        node.ledger_status().await.expect("status").digest,
+        before.digest
+    );
+    node.trigger_snapshot().await.expect("snapshot");
+    wait_for_a_snapshot(&node).await;
+    node.shutdown().await;
+    drop(node);
+
+    // Now raised: the same state, the refused transfer still refused, room for more.
+    let node = start_sized(dir.path(), 0, Some(capacity(200))).await;
+    let after = wait_for_transfers(&node, before.transfers).await;
+    assert_eq!(after.digest, before.digest, "same state after restart");
+    assert_eq!(node.read_local(sizes).await.expect("read"), (8, 200));
+    let found = node
+        .read(|ledger| ledger.lookup_transfers(&[500]).len())
+        .await
+        .expect("read");
+    assert_eq!(found, 0, "a transfer refused for capacity stays refused");
+    submit_transfers(&node, 1000, 5).await;
+    node.shutdown().await;
+}
+
+/// The node's ledger status once it holds `transfers` (the log after its snapshot is applied
+/// again after a restart, possibly after `start` returns).
+async fn wait_for_transfers(node: &Node, transfers: usize) -> tally_raft::node::LedgerStatus {
+    let mut status = node.ledger_status().await.expect("status");
     for _ in 0..100 {
-        if after.transfers == before.transfers {
+        if status.transfers == transfers {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        after = node.ledger_status().await.expect("status");
+        status = node.ledger_status().await.expect("status");
     }
-    assert_eq!(after.digest, before.digest, "same state after restart");
-    assert_eq!(node.read_local(sizes).await.expect("read"), (8, 200));
-    submit_transfers(&node, 1000, 5).await;
-    node.shutdown().await;
+    assert_eq!(status.transfers, transfers);
+    status
 }
