@@ -32,29 +32,38 @@ pub fn words_of(data_len: u64) -> u64 {
     data_len.div_ceil(WORD_SIZE as u64)
 }
 
+/// The last record's words, which the next ones are XORed with, and how many words went by:
+/// the state packing and unpacking share.
+#[derive(Debug, Default)]
+struct History {
+    words: [u64; RECORD_WORDS],
+    count: u64,
+}
+
+impl History {
+    /// The word one record before the next one (zero in the first record).
+    fn previous(&self) -> u64 {
+        self.words[(self.count % RECORD_WORDS as u64) as usize]
+    }
+
+    /// Takes the next word (as it is, not XORed).
+    fn push(&mut self, word: u64) {
+        self.words[(self.count % RECORD_WORDS as u64) as usize] = word;
+        self.count += 1;
+    }
+}
+
 /// Packs data given in pieces of any length, in order.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Packer {
-    history: [u64; RECORD_WORDS],
-    words: usize,
+    history: History,
     partial: [u8; WORD_SIZE],
     partial_len: usize,
 }
 
-impl Default for Packer {
-    fn default() -> Packer {
-        Packer::new()
-    }
-}
-
 impl Packer {
     pub fn new() -> Packer {
-        Packer {
-            history: [0; RECORD_WORDS],
-            words: 0,
-            partial: [0; WORD_SIZE],
-            partial_len: 0,
-        }
+        Packer::default()
     }
 
     /// Appends the packed form of `data`'s whole words to `out`; bytes short of a word wait
@@ -103,10 +112,8 @@ impl Packer {
         let buffer = &mut out[start..];
         let mut at = 0;
         for word in words {
-            let slot = self.words % RECORD_WORDS;
-            let delta = word ^ self.history[slot];
-            self.history[slot] = word;
-            self.words += 1;
+            let delta = word ^ self.history.previous();
+            self.history.push(word);
             if delta == 0 {
                 // As in `unpack`: the commonest word in a ledger's records, taken faster by a
                 // branch.
@@ -177,29 +184,19 @@ pub enum UnpackError {
 
 /// Unpacks data whose packed bytes arrive in pieces: call `unpack` with the bytes not yet
 /// consumed followed by the next ones read.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Unpacker {
-    history: [u64; RECORD_WORDS],
-    words: u64,
-}
-
-impl Default for Unpacker {
-    fn default() -> Unpacker {
-        Unpacker::new()
-    }
+    history: History,
 }
 
 impl Unpacker {
     pub fn new() -> Unpacker {
-        Unpacker {
-            history: [0; RECORD_WORDS],
-            words: 0,
-        }
+        Unpacker::default()
     }
 
     /// Words unpacked so far.
     pub fn words(&self) -> u64 {
-        self.words
+        self.history.count
     }
 
     /// Unpacks the whole words in `packed`, at most `words_max` of them, appending them to
@@ -215,19 +212,18 @@ impl Unpacker {
         let mut unpacked = 0;
         while unpacked < room && at < packed.len() {
             let tag = packed[at];
-            let slot = (self.words % RECORD_WORDS as u64) as usize;
+            let size = 1 + tag.count_ones() as usize;
+            // A zero tag (the word equals the one a record before: the commonest case in a
+            // ledger's records) on a branch that skips the gathering: folded into the path
+            // below as a zero delta, unpacking ran at 1.2 GB/s instead of 1.7–1.9 (session 18).
             if tag == 0 {
-                // The word equals the one a record before: the commonest case in a ledger's
-                // records, and one a branch takes faster than the general path.
-                let word = self.history[slot];
-                self.words += 1;
-                buffer[unpacked * WORD_SIZE..(unpacked + 1) * WORD_SIZE]
-                    .copy_from_slice(&word.to_le_bytes());
+                let word = self.history.previous();
+                self.history.push(word);
+                store_word(buffer, unpacked, word);
                 unpacked += 1;
                 at += 1;
                 continue;
             }
-            let size = 1 + tag.count_ones() as usize;
             // One load of the eight bytes after the tag, where there are eight; near the end,
             // only the word's own.
             let gathered = match packed.get(at + 1..at + PACKED_WORD_SIZE_MAX) {
@@ -241,17 +237,21 @@ impl Unpacker {
                     u64::from_le_bytes(word)
                 }
             };
-            let word = scatter_bytes(gathered, tag) ^ self.history[slot];
-            self.history[slot] = word;
-            self.words += 1;
-            buffer[unpacked * WORD_SIZE..(unpacked + 1) * WORD_SIZE]
-                .copy_from_slice(&word.to_le_bytes());
+            let delta = scatter_bytes(gathered, tag);
+            let word = delta ^ self.history.previous();
+            self.history.push(word);
+            store_word(buffer, unpacked, word);
             unpacked += 1;
             at += size;
         }
         out.truncate(start + unpacked * WORD_SIZE);
         at
     }
+}
+
+/// Stores `word` as the `index`th word of `buffer`.
+fn store_word(buffer: &mut [u8], index: usize, word: u64) {
+    buffer[index * WORD_SIZE..(index + 1) * WORD_SIZE].copy_from_slice(&word.to_le_bytes());
 }
 
 /// Packs `data` whole.

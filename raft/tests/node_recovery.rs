@@ -69,18 +69,23 @@ async fn wait_for_a_snapshot(node: &Node) {
     panic!("no snapshot within 10 s: {:?}", node.status());
 }
 
+/// Submits one transfer; its result code.
+async fn submit_transfer(node: &Node, event: Transfer) -> u32 {
+    let results = node
+        .submit(
+            Operation::CreateTransfers,
+            Bytes::copy_from_slice([event].as_bytes()),
+        )
+        .await
+        .expect("submit");
+    assert_eq!(results.len(), 1);
+    results[0].status
+}
+
 async fn submit_transfers(node: &Node, first_id: u128, count: u128) {
     for id in first_id..first_id + count {
-        let events = [transfer(id, 1 + id % 4, 1 + (id + 1) % 4, 7)];
-        let results = node
-            .submit(
-                Operation::CreateTransfers,
-                Bytes::copy_from_slice(events.as_bytes()),
-            )
-            .await
-            .expect("submit");
-        assert_eq!(results.len(), 1);
-        assert_eq!(results[0].status, OK, "transfer {id}");
+        let status = submit_transfer(node, transfer(id, 1 + id % 4, 1 + (id + 1) % 4, 7)).await;
+        assert_eq!(status, OK, "transfer {id}");
     }
 }
 
@@ -152,16 +157,11 @@ async fn raising_the_capacity_waits_for_a_snapshot_and_changes_no_result() {
     assert!(results.iter().all(|result| result.status == OK));
     submit_transfers(&node, 100, 100).await;
     // The ledger is full: the 101st transfer is refused for capacity.
-    let refused = [transfer(500, 1, 2, 7)];
-    let results = node
-        .submit(
-            Operation::CreateTransfers,
-            Bytes::copy_from_slice(refused.as_bytes()),
-        )
-        .await
-        .expect("submit");
     let capacity_exceeded = tally_engine::CreateTransferResult::TransfersCapacityExceeded.code();
-    assert_eq!(results[0].status, capacity_exceeded);
+    assert_eq!(
+        submit_transfer(&node, transfer(500, 1, 2, 7)).await,
+        capacity_exceeded
+    );
     let sizes = |ledger: &tally_engine::Ledger| (ledger.accounts_max(), ledger.transfers_max());
     assert_eq!(node.read_local(sizes).await.expect("read"), (8, 100));
     let before = node.ledger_status().await.expect("status");
