@@ -31,6 +31,7 @@ pub use ledger::{BatchError, Ledger, Prepared, TransferStorage, UntouchedMemory}
 pub use results::{CreateAccountResult, CreateTransferResult};
 pub use snapshot::SnapshotError;
 pub use snapshot::SnapshotWriter;
+pub use snapshot::StoredTransfers;
 pub use types::{
     Account, AccountBalance, AccountFilter, AccountFlags, EventResult, LedgerTotals, Operation,
     Transfer, TransferFlags, UnknownOperation,

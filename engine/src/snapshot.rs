@@ -68,6 +68,17 @@ fn invalid(record: &'static str, position: usize, reason: &'static str) -> Snaps
     }
 }
 
+/// Transfers a caller has stored already, the first `count` of a ledger's
+/// (`Ledger::snapshot_begin_after`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredTransfers {
+    pub count: usize,
+    /// crc32c of their bytes, 128 per transfer, in creation order.
+    pub crc: u32,
+    /// The bytes of the last of them.
+    pub last: [u8; 128],
+}
+
 /// A snapshot being encoded in steps (`Ledger::snapshot_begin`, `snapshot_continue`, `finish`),
 /// so the thread that owns the ledger is never stopped for the whole encoding.
 #[derive(Debug)]
@@ -85,6 +96,12 @@ pub struct SnapshotWriter {
     /// The checksum of everything taken and `bytes[..checksummed]`.
     checksum: u32,
     checksummed: usize,
+    /// Where the transfers begin in the snapshot: the header, meta and accounts before them.
+    head_len: usize,
+    /// Transfers left out (`snapshot_begin_after`): the checksum of their bytes and their
+    /// length, folded in after the head's once the head is checksummed.
+    skipped: Option<(u32, usize)>,
+    skipped_len: usize,
 }
 
 impl SnapshotWriter {
@@ -93,6 +110,14 @@ impl SnapshotWriter {
     /// ledger, so a builder can spread the checksum over the time between steps, on another
     /// thread, instead of one pass over the whole snapshot at the end.
     pub fn checksum_copied(&mut self) {
+        if let Some((crc, len)) = self.skipped.take() {
+            // The head is copied whole at the beginning, before anything is taken: the left-out
+            // transfers' checksum goes right after it.
+            assert!(self.taken == 0 && self.checksummed == 0 && self.bytes.len() >= self.head_len);
+            let head = crc32c::crc32c(&self.bytes[..self.head_len]);
+            self.checksum = crc32c::crc32c_combine(head, crc, len);
+            self.checksummed = self.head_len;
+        }
         self.checksum = crc32c::crc32c_append(self.checksum, &self.bytes[self.checksummed..]);
         self.checksummed = self.bytes.len();
     }
@@ -110,9 +135,22 @@ impl SnapshotWriter {
         bytes
     }
 
-    /// The snapshot's size in bytes, all of it: what was taken, what is copied, what is left.
+    /// The snapshot's size in bytes, all of it: what was taken, what is copied, what is left,
+    /// and the transfers left out (`snapshot_begin_after`).
     pub fn size(&self) -> usize {
         self.size
+    }
+
+    /// Where the transfers are in the snapshot: their offset and length in bytes (they are
+    /// contiguous, 128 bytes each, in creation order).
+    pub fn transfers_at(&self) -> (usize, usize) {
+        (self.head_len, self.transfers_count * 128)
+    }
+
+    /// The bytes of the transfers left out (`snapshot_begin_after`): the writer hands out the
+    /// snapshot less these, from the start of the transfers.
+    pub fn skipped_len(&self) -> usize {
+        self.skipped_len
     }
 
     /// Transfers still to copy with `Ledger::snapshot_continue`.
@@ -134,7 +172,7 @@ impl SnapshotWriter {
         self.checksum_copied();
         let checksum = self.checksum;
         self.bytes.extend_from_slice(&checksum.to_le_bytes());
-        assert_eq!(self.taken + self.bytes.len(), self.size);
+        assert_eq!(self.taken + self.bytes.len() + self.skipped_len, self.size);
         self.bytes
     }
 }
@@ -279,7 +317,28 @@ impl Ledger {
             hash_chain: self.hash_chain,
             checksum: 0,
             checksummed: 0,
+            head_len: SNAPSHOT_HEADER_SIZE + META_SIZE + self.accounts.len() * 128,
+            skipped: None,
+            skipped_len: 0,
         }
+    }
+
+    /// `snapshot_begin` for a caller that has the first `stored.count` transfers of the
+    /// snapshot already (those of an earlier snapshot of this ledger, kept on disk): the writer
+    /// leaves them out, so neither this thread nor the caller copies them again, and its
+    /// checksum takes theirs from `stored.crc` (crc32c of their bytes). `None` if they cannot be
+    /// this ledger's: more than it holds, or the last of them is not its transfer at that place
+    /// (the ledger was replaced since; the caller begins a whole snapshot instead).
+    pub fn snapshot_begin_after(&self, stored: &StoredTransfers) -> Option<SnapshotWriter> {
+        let last = self.transfers.get(stored.count.checked_sub(1)?)?;
+        if last.as_bytes() != stored.last.as_slice() {
+            return None;
+        }
+        let mut writer = self.snapshot_begin();
+        writer.transfers_written = stored.count;
+        writer.skipped_len = stored.count * 128;
+        writer.skipped = Some((stored.crc, writer.skipped_len));
+        Some(writer)
     }
 
     /// The size in bytes of a snapshot of the ledger as it is now. O(1).
@@ -854,6 +913,51 @@ mod tests {
         let bytes = writer.finish();
         assert_eq!(bytes, expected);
         assert!(Ledger::restore(&bytes).is_ok());
+    }
+
+    #[test]
+    fn a_snapshot_begun_after_stored_transfers_is_the_whole_snapshot_less_them() {
+        let ledger = ledger_with_transfers(8, 64);
+        let expected = ledger.snapshot();
+        let (offset, len) = ledger.snapshot_begin().transfers_at();
+        assert_eq!(len, 10 * 128);
+        for count in [1, 4, 10] {
+            let stored = &expected[offset..offset + count * 128];
+            let mut last = [0u8; 128];
+            last.copy_from_slice(&stored[stored.len() - 128..]);
+            let stored = StoredTransfers {
+                count,
+                crc: crc32c::crc32c(stored),
+                last,
+            };
+            let mut writer = ledger.snapshot_begin_after(&stored).expect("this ledger's");
+            assert_eq!(writer.size(), expected.len());
+            assert_eq!(writer.skipped_len(), count * 128);
+            assert_eq!(writer.transfers_left(), 10 - count);
+            let mut pieces = vec![writer.take_bytes(Vec::new())];
+            while !ledger.snapshot_continue(&mut writer, 3) {
+                pieces.push(writer.take_bytes(Vec::new()));
+            }
+            pieces.push(writer.finish());
+            // The same bytes, checksum included, with the stored transfers cut out.
+            let mut whole = expected[..offset].to_vec();
+            whole.extend_from_slice(&expected[offset + count * 128..]);
+            assert_eq!(pieces.concat(), whole);
+        }
+        // Transfers that are not this ledger's, or more than it holds: no writer.
+        let mut other = StoredTransfers {
+            count: 3,
+            crc: 0,
+            last: [7; 128],
+        };
+        assert!(ledger.snapshot_begin_after(&other).is_none());
+        other.count = 11;
+        other
+            .last
+            .copy_from_slice(&expected[offset + 9 * 128..offset + 10 * 128]);
+        assert!(ledger.snapshot_begin_after(&other).is_none());
+        other.count = 0;
+        assert!(ledger.snapshot_begin_after(&other).is_none());
     }
 
     #[test]

@@ -62,6 +62,10 @@ pub enum Error {
     /// Misuse: a streamed snapshot's data did not add up to the length it was announced with.
     #[error("snapshot data of {expected} bytes announced, {streamed} streamed; nothing saved")]
     SnapshotLength { expected: u64, streamed: u64 },
+    /// A snapshot was to extend a run that is no longer the latest snapshot's (another
+    /// snapshot was saved in between); nothing saved.
+    #[error("the snapshot run to extend is no longer the latest snapshot's; nothing saved")]
+    SnapshotRunChanged,
     /// Misuse: a write on a store opened read-only (an audit must not change the node's data).
     #[error("the store was opened read-only; refusing to write")]
     ReadOnly,

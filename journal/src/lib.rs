@@ -30,7 +30,8 @@ pub use journal::{
 };
 pub use record::{MetaStore, META_FILE_NAME, RECORD_MAGIC};
 pub use snapshot::{
-    Snapshot, SnapshotStore, SNAPSHOT_FILE_NAME, SNAPSHOT_MAGIC, SNAPSHOT_TEMP_FILE_NAME,
+    RunPlan, RunTail, Snapshot, SnapshotStore, SNAPSHOT_FILE_NAME, SNAPSHOT_MAGIC,
+    SNAPSHOT_RUN_FILE_PREFIX, SNAPSHOT_TEMP_FILE_NAME,
 };
 pub use storage::{free_gradually, FsStorage, Storage, StorageFile};
 pub use stream::{Piece, ReadWindow, Window};

@@ -66,6 +66,37 @@ impl Packer {
         Packer::default()
     }
 
+    /// A packer that goes on after `record`, packed before (by another packer, maybe in
+    /// another process): the next words are XORed with its words, as they would be had
+    /// `record` been packed by this one. For data extended in place.
+    pub fn after_record(record: &[u8; RECORD_WORDS * WORD_SIZE]) -> Packer {
+        let mut packer = Packer::default();
+        for word in record.chunks_exact(WORD_SIZE) {
+            packer
+                .history
+                .push(u64::from_le_bytes(word.try_into().expect("a word")));
+        }
+        packer
+    }
+
+    /// Whether what was packed so far is whole records (no partial word held back).
+    pub fn is_at_record_boundary(&self) -> bool {
+        self.partial_len == 0 && self.history.count % RECORD_WORDS as u64 == 0
+    }
+
+    /// The last whole record packed (or given to `after_record`), if the data packed so far
+    /// ends on a record boundary and holds one.
+    pub fn last_record(&self) -> Option<[u8; RECORD_WORDS * WORD_SIZE]> {
+        if !self.is_at_record_boundary() || self.history.count == 0 {
+            return None;
+        }
+        let mut record = [0u8; RECORD_WORDS * WORD_SIZE];
+        for (index, word) in self.history.words.iter().enumerate() {
+            store_word(&mut record, index, *word);
+        }
+        Some(record)
+    }
+
     /// Appends the packed form of `data`'s whole words to `out`; bytes short of a word wait
     /// for the next piece (or `finish`).
     pub fn pack(&mut self, mut data: &[u8], out: &mut Vec<u8>) {
@@ -270,17 +301,24 @@ pub fn unpack(packed: &[u8], data_len: u64) -> Result<Vec<u8>, UnpackError> {
     let mut out = Vec::with_capacity(words as usize * WORD_SIZE);
     let mut unpacker = Unpacker::new();
     let used = unpacker.unpack(packed, words, &mut out);
-    finish_unpacking(&unpacker, data_len, (packed.len() - used) as u64, &mut out)?;
+    finish_unpacking(
+        &unpacker,
+        data_len,
+        (packed.len() - used) as u64,
+        &mut out,
+        0,
+    )?;
     Ok(out)
 }
 
 /// Checks that `unpacker` produced all of `data_len` with `left` packed bytes unused, and cuts
-/// the padding of a partial last word off `out`.
+/// the padding of a partial last word off `out`, where the unpacked data began at `start`.
 pub fn finish_unpacking(
     unpacker: &Unpacker,
     data_len: u64,
     left: u64,
     out: &mut Vec<u8>,
+    start: usize,
 ) -> Result<(), UnpackError> {
     if unpacker.words() < words_of(data_len) {
         return Err(UnpackError::Truncated {
@@ -290,11 +328,11 @@ pub fn finish_unpacking(
     if left > 0 {
         return Err(UnpackError::TrailingBytes { extra: left });
     }
-    let data_len = data_len as usize;
-    if out[data_len..].iter().any(|&byte| byte != 0) {
+    let end = start + data_len as usize;
+    if out[end..].iter().any(|&byte| byte != 0) {
         return Err(UnpackError::Padding);
     }
-    out.truncate(data_len);
+    out.truncate(end);
     Ok(())
 }
 
@@ -409,6 +447,33 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_packer_after_a_record_goes_on_as_the_packer_that_packed_it() {
+        let data: Vec<u8> = (0..128 * 40u32)
+            .map(|byte| (byte / 3 % 251) as u8)
+            .collect();
+        let whole = pack(&data);
+        for records in [1, 7, 39] {
+            let cut = records * 128;
+            let mut first = Packer::new();
+            let mut packed = Vec::new();
+            first.pack(&data[..cut], &mut packed);
+            assert!(first.is_at_record_boundary());
+            let last = first.last_record().expect("a record");
+            assert_eq!(&last[..], &data[cut - 128..cut]);
+            let mut second = Packer::after_record(&last);
+            assert_eq!(second.last_record(), Some(last));
+            second.pack(&data[cut..], &mut packed);
+            second.finish(&mut packed);
+            assert_eq!(packed, whole);
+        }
+        let mut partial = Packer::new();
+        partial.pack(&data[..100], &mut Vec::new());
+        assert!(!partial.is_at_record_boundary());
+        assert_eq!(partial.last_record(), None);
+        assert_eq!(Packer::new().last_record(), None);
+    }
+
     proptest! {
         #[test]
         fn pieces_of_any_length_pack_as_the_whole_and_unpack_back(
@@ -442,7 +507,7 @@ mod tests {
                 let used = unpacker.unpack(&pending, words - unpacker.words(), &mut out);
                 pending.drain(..used);
             }
-            finish_unpacking(&unpacker, data.len() as u64, pending.len() as u64, &mut out)
+            finish_unpacking(&unpacker, data.len() as u64, pending.len() as u64, &mut out, 0)
                 .unwrap();
             prop_assert_eq!(out, data);
         }

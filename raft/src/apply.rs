@@ -47,8 +47,10 @@ pub struct Core {
     /// Events applied since the last snapshot was built or installed: the
     /// log a restart would have to re-apply (drives the snapshot policy).
     pub events_since_snapshot: u64,
-    /// The state a snapshot wrote (accounts + transfers × 128 bytes) when it
-    /// was built or installed: what a restart restores before that log.
+    /// What a snapshot copies whole every time, the accounts (128 bytes each), as it was
+    /// when the last one was built or installed: the transfers it holds are extended, not
+    /// written again (design.md §4, "Snapshots"), so a snapshot's cost is that plus the log
+    /// since the last one.
     pub snapshot_state_bytes: u64,
     /// Counts ledger replacements (installed snapshots): a snapshot encoded in
     /// steps is abandoned if the ledger it began on was replaced.
@@ -71,16 +73,11 @@ impl Core {
         }
     }
 
-    /// The state a snapshot taken now would write: accounts and transfers, 128 bytes each.
-    pub fn state_bytes(&self) -> u64 {
-        (self.ledger.accounts_count() + self.ledger.transfers_count()) as u64
-            * tally_engine::limits::EVENT_SIZE as u64
-    }
-
     /// Notes that a snapshot of the state as it is now was begun or installed.
     pub fn snapshot_taken(&mut self) {
         self.events_since_snapshot = 0;
-        self.snapshot_state_bytes = self.state_bytes();
+        self.snapshot_state_bytes =
+            self.ledger.accounts_count() as u64 * tally_engine::limits::EVENT_SIZE as u64;
     }
 
     /// Applies committed entries in log order; answers the leader's waiting clients.

@@ -10,6 +10,8 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use tally_journal::EntryId;
+use tally_journal::RunPlan;
+use tally_journal::RunTail;
 use tally_journal::SnapshotStore;
 use tally_journal::Storage;
 
@@ -77,6 +79,43 @@ impl SnapshotFiles {
                 self.save_pause,
             )
             .map_err(io::Error::other)
+    }
+
+    /// `save_streamed` for the engine's snapshot with its transfers (`run.offset..run.offset +
+    /// run.len` of the data) in a run file that the next snapshot extends in place: with
+    /// `run.extends` (from `run_tail`), `pieces` carry the data less the transfers that run
+    /// holds. Returns the bytes written (packed), to both files.
+    pub fn save_streamed_with_run(
+        &self,
+        meta: &SnapshotMeta,
+        data_len: u64,
+        run: RunPlan,
+        pieces: std::sync::mpsc::Receiver<Vec<u8>>,
+        spares: std::sync::mpsc::Sender<Vec<u8>>,
+    ) -> io::Result<u64> {
+        let meta_bytes = postcard::to_allocvec(meta).map_err(io::Error::other)?;
+        self.store
+            .lock()
+            .expect("snapshot store lock")
+            .save_streamed_with_run(
+                journal_log_id(meta),
+                &meta_bytes,
+                data_len,
+                run,
+                pieces,
+                |piece| {
+                    let _ = spares.send(piece);
+                },
+                self.save_pause,
+            )
+            .map_err(io::Error::other)
+    }
+
+    /// The latest snapshot's transfers, as the next snapshot may leave them out and extend
+    /// them (`tally_journal::SnapshotStore::run_tail`). Waits for a save in progress: call it
+    /// from a thread that may block.
+    pub fn run_tail(&self) -> Option<RunTail> {
+        self.store.lock().expect("snapshot store lock").run_tail()
     }
 
     /// The newest snapshot that verifies, if any. A corrupt one is an error,

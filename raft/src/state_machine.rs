@@ -13,6 +13,8 @@ use openraft::OptionalSend;
 use openraft::RaftSnapshotBuilder;
 use tally_engine::Ledger;
 use tally_engine::SnapshotWriter;
+use tally_engine::StoredTransfers;
+use tally_journal::RunPlan;
 
 use crate::apply::ApplyRing;
 use crate::apply::Core;
@@ -171,14 +173,30 @@ impl StateMachine {
     /// was replaced (a snapshot was installed) in between: nothing is saved. Also returns the
     /// snapshot's size, the bytes it took on disk (packed) and the longest step, in seconds.
     async fn build_streamed(&self) -> io::Result<Option<(SnapshotMeta, usize, u64, f64)>> {
-        let (writer, last_applied, membership, generation, mut pause_seconds_max) = self
+        // The transfers the latest snapshot holds, which this one extends instead of writing
+        // them again (if the ledger is still the one that snapshot was of).
+        let snapshots = Arc::clone(&self.snapshots);
+        let run = crate::blocking(self.threads, move || Ok(snapshots.run_tail())).await?;
+        let (writer, extends, last_applied, membership, generation, mut pause_seconds_max) = self
             .ring
-            .run(|core: &mut Core| {
+            .run(move |core: &mut Core| {
                 let started = std::time::Instant::now();
                 core.snapshot_taken();
-                let writer = core.ledger.snapshot_begin();
+                let stored = run.as_ref().map(|tail| StoredTransfers {
+                    count: (tail.len / tally_engine::limits::EVENT_SIZE as u64) as usize,
+                    crc: tail.data_crc,
+                    last: tail.last_record,
+                });
+                let extending = stored
+                    .as_ref()
+                    .and_then(|stored| core.ledger.snapshot_begin_after(stored));
+                let (writer, extends) = match extending {
+                    Some(writer) => (writer, run),
+                    None => (core.ledger.snapshot_begin(), None),
+                };
                 (
                     writer,
+                    extends,
                     core.last_applied,
                     core.membership.clone(),
                     core.ledger_generation,
@@ -192,8 +210,15 @@ impl StateMachine {
             last_membership: membership,
         };
         let size = writer.size();
+        let (run_offset, run_len) = writer.transfers_at();
+        let run = RunPlan {
+            offset: run_offset as u64,
+            len: run_len as u64,
+            extends,
+        };
         tracing::info!(
             bytes = size,
+            transfers_kept = writer.skipped_len() / tally_engine::limits::EVENT_SIZE,
             transfers_left = writer.transfers_left(),
             begin_ms = pause_seconds_max * 1000.0,
             "snapshot begun"
@@ -211,7 +236,9 @@ impl StateMachine {
         let (written, spares) = std::sync::mpsc::channel::<Vec<u8>>();
         let snapshots = Arc::clone(&self.snapshots);
         let saved_meta = meta.clone();
-        let save = move || snapshots.save_streamed(&saved_meta, size as u64, received, written);
+        let save = move || {
+            snapshots.save_streamed_with_run(&saved_meta, size as u64, run, received, written)
+        };
         let saver = match self.threads {
             Threads::Dedicated => Saver::Running(tokio::task::spawn_blocking(save)),
             Threads::Inline => Saver::Later(Box::new(save)),
@@ -277,12 +304,27 @@ impl StateMachine {
         } else {
             drop(stream);
         }
-        let stored = match saver {
-            Saver::Running(saver) => saver.await.map_err(io::Error::other)??,
-            Saver::Later(save) => save()?,
+        let saved = match saver {
+            Saver::Running(saver) => saver.await.map_err(io::Error::other)?,
+            Saver::Later(save) => save(),
+        };
+        let stored = match saved {
+            Ok(stored) => stored,
+            // A snapshot was installed (and saved) while this one was built on the ledger it
+            // replaced: begun again on the new one.
+            Err(error) if is_run_changed(&error) => return Ok(None),
+            Err(error) => return Err(error),
         };
         Ok(Some((meta, size, stored, pause_seconds_max)))
     }
+}
+
+/// Whether a save failed because the snapshot run it was to extend was replaced meanwhile.
+fn is_run_changed(error: &io::Error) -> bool {
+    error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<tally_journal::Error>())
+        .is_some_and(|inner| matches!(inner, tally_journal::Error::SnapshotRunChanged))
 }
 
 fn ring_error(error: crate::apply::RingClosed) -> io::Error {
