@@ -75,7 +75,7 @@ fn restart_keeps_every_transfer_and_the_digest() {
     let digest = server.digest();
     let sums = ledger_sums(&server, 1);
     assert_eq!(sums.0, sums.1);
-    // A snapshot was taken, and stored packed (header byte 7, docs/design.md §3).
+    // Snapshots were taken, and stored packed (header byte 7, docs/design.md §3).
     let snapshot = directory
         .path()
         .join("data")
@@ -86,7 +86,19 @@ fn restart_keeps_every_transfer_and_the_digest() {
         assert!(Instant::now() < deadline, "no snapshot:\n{}", server.log());
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(std::fs::read(&snapshot).unwrap()[7], 1, "a packed snapshot");
+    // Packed with its transfers in a run file (encoding 2), which the snapshots after the first
+    // extended: the first run file is the only one.
+    assert_eq!(
+        std::fs::read(&snapshot).unwrap()[7],
+        2,
+        "a packed snapshot with a run"
+    );
+    let runs: Vec<String> = std::fs::read_dir(snapshot.parent().unwrap())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("snapshot.run."))
+        .collect();
+    assert_eq!(runs, ["snapshot.run.1"], "{}", server.log());
 
     assert!(
         server.terminate(),

@@ -509,4 +509,115 @@ mod tests {
         assert_eq!((snapshot_bytes, events), (3 * 128, 0));
         state_machine.ring().shutdown();
     }
+
+    /// Transfers `first..first + count` between accounts 1 and 2.
+    fn transfers(first: u128, count: u128) -> Vec<tally_engine::Transfer> {
+        (first..first + count)
+            .map(|id| tally_engine::Transfer {
+                id,
+                debit_account_id: 1 + id % 2,
+                credit_account_id: 2 - id % 2,
+                amount: id,
+                ledger: 1,
+                code: 1,
+                ..tally_engine::Transfer::default()
+            })
+            .collect()
+    }
+
+    /// The second snapshot writes only the transfers after the first one's, into the same run
+    /// file, and restores as the whole ledger.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_extends_the_transfers_of_the_one_before() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let open_files = || {
+            Arc::new(
+                SnapshotFiles::open(
+                    tally_journal::FsStorage::shared(),
+                    dir.path(),
+                    Threads::Dedicated,
+                )
+                .expect("open snapshots"),
+            )
+        };
+        let run_file = dir
+            .path()
+            .join(format!("{}1", tally_journal::SNAPSHOT_RUN_FILE_PREFIX));
+        let snapshots = open_files();
+        let mut state_machine =
+            StateMachine::open(Arc::clone(&snapshots), |_| {}).expect("open state machine");
+        let ring = Arc::clone(state_machine.ring());
+        let apply = |first: u128, count: u128, timestamp: u64| {
+            ring.run(move |core: &mut Core| {
+                let accounts: Vec<Account> = (1..=2)
+                    .map(|id| Account {
+                        id,
+                        ledger: 1,
+                        code: 1,
+                        ..Account::default()
+                    })
+                    .collect();
+                core.ledger.create_accounts(timestamp, &accounts);
+                let results = core
+                    .ledger
+                    .create_transfers(timestamp + 1_000, &transfers(first, count));
+                assert!(results.iter().all(|result| result.status == 0));
+                core.ledger.snapshot()
+            })
+        };
+        apply(1, 3_000, 10_000).await.expect("ring running");
+        state_machine
+            .build_snapshot()
+            .await
+            .expect("first snapshot");
+        let first = snapshots.run_tail().expect("a run");
+        assert_eq!(first.len, 3_000 * 128);
+        let first_size = std::fs::metadata(&run_file).expect("run file").len();
+
+        let whole = apply(3_001, 100, 100_000).await.expect("ring running");
+        state_machine
+            .build_snapshot()
+            .await
+            .expect("second snapshot");
+        let second = snapshots.run_tail().expect("a run");
+        assert_eq!(second.len, 3_100 * 128);
+        assert_eq!(
+            &second.last_record[..],
+            &whole[whole.len() - 4 - 128..whole.len() - 4]
+        );
+        // The same file, grown by the hundred new transfers, packed: far less than the first
+        // 3,000 took.
+        let grown = std::fs::metadata(&run_file).expect("run file").len() - first_size;
+        assert!(
+            grown > 0 && grown < first_size / 10,
+            "{grown} after {first_size}"
+        );
+        assert_eq!(
+            snapshots
+                .load_latest()
+                .expect("load")
+                .expect("a snapshot")
+                .1,
+            whole
+        );
+        state_machine.ring().shutdown();
+
+        // Restored from it by a node that starts again, which extends it in turn.
+        let snapshots = open_files();
+        let mut state_machine =
+            StateMachine::open(Arc::clone(&snapshots), |_| {}).expect("open state machine");
+        assert_eq!(snapshots.run_tail(), Some(second));
+        let restored = state_machine
+            .ring()
+            .run(|core: &mut Core| core.ledger.snapshot())
+            .await
+            .expect("ring running");
+        assert_eq!(restored, whole);
+        state_machine
+            .build_snapshot()
+            .await
+            .expect("third snapshot");
+        assert_eq!(snapshots.run_tail().expect("a run").len, 3_100 * 128);
+        state_machine.ring().shutdown();
+    }
 }
