@@ -99,7 +99,23 @@ impl Packer {
 
     /// Appends the packed form of `data`'s whole words to `out`; bytes short of a word wait
     /// for the next piece (or `finish`).
-    pub fn pack(&mut self, mut data: &[u8], out: &mut Vec<u8>) {
+    pub fn pack(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        let start = out.len();
+        out.resize(
+            start + packed_size_max(data.len() as u64 + WORD_SIZE as u64) as usize,
+            0,
+        );
+        let packed = self.pack_into(data, &mut out[start..]);
+        out.truncate(start + packed);
+    }
+
+    /// `pack` into `buffer`, from its start: returns how many bytes it took. `buffer` must have
+    /// room for `packed_size_max(data.len() + 8)` bytes. For a caller that packs piece after
+    /// piece into one buffer: `pack` zeroes the room it may need each time first, a quarter of
+    /// the time packing takes (session 19).
+    pub fn pack_into(&mut self, mut data: &[u8], buffer: &mut [u8]) -> usize {
+        assert!(buffer.len() as u64 >= packed_size_max(data.len() as u64 + WORD_SIZE as u64));
+        let mut at = 0;
         if self.partial_len > 0 {
             let taken = data.len().min(WORD_SIZE - self.partial_len);
             self.partial[self.partial_len..self.partial_len + taken]
@@ -107,60 +123,98 @@ impl Packer {
             self.partial_len += taken;
             data = &data[taken..];
             if self.partial_len < WORD_SIZE {
-                return;
+                return 0;
             }
-            let word = u64::from_le_bytes(self.partial);
             self.partial_len = 0;
-            self.pack_words(std::iter::once(word), 1, out);
+            let word = self.partial;
+            at = self.pack_words(&word, buffer);
         }
         let whole = data.len() / WORD_SIZE * WORD_SIZE;
         let (words, rest) = data.split_at(whole);
-        self.pack_words(
-            words
-                .chunks_exact(WORD_SIZE)
-                .map(|word| u64::from_le_bytes(word.try_into().expect("a word"))),
-            whole / WORD_SIZE,
-            out,
-        );
+        at += self.pack_words(words, &mut buffer[at..]);
         self.partial[..rest.len()].copy_from_slice(rest);
         self.partial_len = rest.len();
+        at
     }
 
     /// Appends the last partial word, padded with zeros, if there is one.
     pub fn finish(mut self, out: &mut Vec<u8>) {
         if self.partial_len > 0 {
             self.partial[self.partial_len..].fill(0);
-            let word = u64::from_le_bytes(self.partial);
-            self.pack_words(std::iter::once(word), 1, out);
+            let word = self.partial;
+            let start = out.len();
+            out.resize(start + PACKED_WORD_SIZE_MAX, 0);
+            let packed = self.pack_words(&word, &mut out[start..]);
+            out.truncate(start + packed);
         }
     }
 
-    fn pack_words(&mut self, words: impl Iterator<Item = u64>, count: usize, out: &mut Vec<u8>) {
-        let start = out.len();
-        // Room for the worst case, so that the loop below stores without growing; the
-        // unused tail is cut off after it.
-        out.resize(start + count * PACKED_WORD_SIZE_MAX, 0);
-        let buffer = &mut out[start..];
+    /// Packs `bytes`, whole words, into `buffer` (room for the worst case); returns the bytes
+    /// it took.
+    fn pack_words(&mut self, mut bytes: &[u8], buffer: &mut [u8]) -> usize {
         let mut at = 0;
-        for word in words {
-            let delta = word ^ self.history.previous();
+        let word_at = |bytes: &[u8], index: usize| {
+            u64::from_le_bytes(
+                bytes[index * WORD_SIZE..][..WORD_SIZE]
+                    .try_into()
+                    .expect("a word"),
+            )
+        };
+        // A word at a time up to a record boundary, then a record at a time: the words it is
+        // XORed with are the last record's, in place, with no ring to index (pack ran at
+        // 1.4-2.0 GB/s a word at a time, session 19).
+        while !bytes.is_empty() && self.history.count % RECORD_WORDS as u64 != 0 {
+            let word = word_at(bytes, 0);
+            at = store_packed(buffer, at, word ^ self.history.previous());
             self.history.push(word);
-            if delta == 0 {
-                // As in `unpack`: the commonest word in a ledger's records, taken faster by a
-                // branch.
-                buffer[at] = 0;
-                at += 1;
-                continue;
-            }
-            let (gathered, count) = gather_nonzero_bytes(delta);
-            buffer[at] = nonzero_bytes(delta);
-            // All eight bytes stored, `count` of them kept: inside the room reserved for
-            // this word, and one store instead of one per byte.
-            buffer[at + 1..at + PACKED_WORD_SIZE_MAX].copy_from_slice(&gathered.to_le_bytes());
-            at += 1 + count;
+            bytes = &bytes[WORD_SIZE..];
         }
-        out.truncate(start + at);
+        let mut records = bytes.chunks_exact(RECORD_WORDS * WORD_SIZE);
+        for record in &mut records {
+            let previous = &mut self.history.words;
+            for (index, previous) in previous.iter_mut().enumerate() {
+                let word = word_at(record, index);
+                at = store_packed(buffer, at, word ^ *previous);
+                *previous = word;
+            }
+            self.history.count += RECORD_WORDS as u64;
+        }
+        for index in 0..records.remainder().len() / WORD_SIZE {
+            let word = word_at(records.remainder(), index);
+            at = store_packed(buffer, at, word ^ self.history.previous());
+            self.history.push(word);
+        }
+        at
     }
+}
+
+/// Stores the packed form of `delta` (a word XORed with the word a record before) at `at` in
+/// `buffer`, which has room for the worst case; returns where the next one goes.
+#[inline(always)]
+fn store_packed(buffer: &mut [u8], at: usize, delta: u64) -> usize {
+    if delta == 0 {
+        // As in `unpack`: the commonest word in a ledger's records, taken faster by a branch.
+        buffer[at] = 0;
+        return at + 1;
+    }
+    let tag = nonzero_bytes(delta);
+    let (gathered, count) = if is_low_run(tag) {
+        // The non-zero bytes are the low ones (a small number changed: an id, an amount, a
+        // timestamp), already gathered: the common case, on a branch.
+        (delta, tag.count_ones() as usize)
+    } else {
+        gather_nonzero_bytes(delta)
+    };
+    buffer[at] = tag;
+    // All eight bytes stored, `count` of them kept: inside the room reserved for this word,
+    // and one store instead of one per byte.
+    buffer[at + 1..at + PACKED_WORD_SIZE_MAX].copy_from_slice(&gathered.to_le_bytes());
+    at + 1 + count
+}
+
+/// Whether the bytes `tag` names are the lowest ones, none skipped (and at least one).
+fn is_low_run(tag: u8) -> bool {
+    tag & tag.wrapping_add(1) == 0
 }
 
 /// The non-zero bytes of `word`, in order, from the low end of the result, and their count.
@@ -268,7 +322,12 @@ impl Unpacker {
                     u64::from_le_bytes(word)
                 }
             };
-            let delta = scatter_bytes(gathered, tag);
+            let delta = if is_low_run(tag) {
+                // As in `pack`: the low bytes, already in place.
+                gathered & (u64::MAX >> (8 * (WORD_SIZE - (size - 1))))
+            } else {
+                scatter_bytes(gathered, tag)
+            };
             let word = delta ^ self.history.previous();
             self.history.push(word);
             store_word(buffer, unpacked, word);

@@ -486,7 +486,9 @@ impl SnapshotStore {
         let mut main = PacedFile::new(file, temp.clone(), body_from, 0, pause);
         let mut outcome = main.write(meta);
         let mut packer = Packer::new();
-        let mut packed = Vec::new();
+        // One buffer for every chunk, zeroed once (`Packer::pack_into`).
+        let mut packed =
+            vec![0u8; pack::packed_size_max(SNAPSHOT_WRITE_CHUNK_SIZE as u64 + 8) as usize];
         let mut streamed = 0u64;
         for piece in data {
             if outcome.is_err() {
@@ -506,16 +508,15 @@ impl SnapshotStore {
                     };
                     let take = rest.len().min(usize::try_from(limit).unwrap_or(usize::MAX));
                     let (part, after) = rest.split_at(take);
-                    packed.clear();
                     outcome = match (to_run, run_writer.as_mut()) {
                         (true, Some(run)) => {
                             run.data_crc = crc32c::crc32c_append(run.data_crc, part);
-                            run.packer.pack(part, &mut packed);
-                            run.file.write(&packed)
+                            let len = run.packer.pack_into(part, &mut packed);
+                            run.file.write(&packed[..len])
                         }
                         _ => {
-                            packer.pack(part, &mut packed);
-                            main.write(&packed)
+                            let len = packer.pack_into(part, &mut packed);
+                            main.write(&packed[..len])
                         }
                     };
                     streamed += take as u64;
@@ -528,9 +529,9 @@ impl SnapshotStore {
             written(piece);
         }
         if outcome.is_ok() {
-            packed.clear();
-            packer.finish(&mut packed);
-            outcome = main.write(&packed);
+            let mut last = Vec::new();
+            packer.finish(&mut last);
+            outcome = main.write(&last);
         }
         if outcome.is_ok() && streamed != data_len - kept {
             outcome = Err(Error::SnapshotLength {
