@@ -15,14 +15,14 @@ pub const BATCHES_IN_FLIGHT_MAX: usize = 16;
 pub const APPLY_ENTRIES_PER_PUBLISH: usize = 64;
 
 /// 0: snapshots follow the adaptive policy (log bytes since the last snapshot
-/// against the state's size) rather than a fixed entry count.
+/// against what every snapshot copies whole) rather than a fixed entry count.
 pub const SNAPSHOT_EVERY_ENTRIES_DEFAULT: u64 = 0;
 
 /// The adaptive policy never snapshots for less log than this.
 pub const SNAPSHOT_LOG_BYTES_MIN: u64 = 256 * 1024 * 1024;
 
 /// How often the adaptive snapshot policy looks at the log and the state.
-pub const SNAPSHOT_POLICY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+pub const SNAPSHOT_POLICY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Entries kept in the log behind the latest snapshot, for lagging followers.
 pub const LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES: u64 = 1_000;
