@@ -859,7 +859,10 @@ impl SnapshotStore {
         } = latest;
         let data_offset = layout.meta_offset() + layout.meta_len;
         let wanted = layout.data_len.min(len as u64);
-        if layout.run.is_some_and(|run| wanted > run.offset) {
+        if layout
+            .run
+            .is_some_and(|run| run.len > 0 && wanted > run.offset)
+        {
             return Ok(self.load_latest()?.map(|mut snapshot| {
                 snapshot.data.truncate(wanted as usize);
                 (snapshot.last_log_id, snapshot.data)

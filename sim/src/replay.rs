@@ -414,8 +414,11 @@ fn node_directories(data_dir: &Path) -> Result<(PathBuf, PathBuf), ReplayError> 
     Ok((log, data_dir.join("snapshots")))
 }
 
-/// Bytes of the engine's snapshot enough to read its recorded capacity.
-const SNAPSHOT_PEEK_BYTES: usize = 4096;
+/// Bytes of the engine's snapshot enough to read its recorded capacity (its header and meta,
+/// 112 bytes, and what `Ledger::snapshot_capacity` asks for beyond them). They come before the
+/// accounts, so the journal reads them from the snapshot file alone, never from the run file
+/// that holds the transfers (docs/design.md §3, "Snapshot runs").
+const SNAPSHOT_PEEK_BYTES: usize = 128;
 
 /// A ledger's capacity: (accounts, transfers).
 type Capacity = (usize, usize);
