@@ -317,7 +317,7 @@ impl Ledger {
             hash_chain: self.hash_chain,
             checksum: 0,
             checksummed: 0,
-            head_len: SNAPSHOT_HEADER_SIZE + META_SIZE + self.accounts.len() * 128,
+            head_len: self.snapshot_transfers_at().0,
             skipped: None,
             skipped_len: 0,
         }
@@ -339,6 +339,16 @@ impl Ledger {
         writer.skipped_len = stored.count * 128;
         writer.skipped = Some((stored.crc, writer.skipped_len));
         Some(writer)
+    }
+
+    /// Where the transfers are in a snapshot of the ledger as it is now (`snapshot()`), as
+    /// `SnapshotWriter::transfers_at` gives them: offset and length in bytes. For a ledger
+    /// restored from snapshot bytes, where they are in those bytes. O(1).
+    pub fn snapshot_transfers_at(&self) -> (usize, usize) {
+        (
+            SNAPSHOT_HEADER_SIZE + META_SIZE + self.accounts.len() * 128,
+            self.transfers.len() * 128,
+        )
     }
 
     /// The size in bytes of a snapshot of the ledger as it is now. O(1).
@@ -921,6 +931,9 @@ mod tests {
         let expected = ledger.snapshot();
         let (offset, len) = ledger.snapshot_begin().transfers_at();
         assert_eq!(len, 10 * 128);
+        assert_eq!(ledger.snapshot_transfers_at(), (offset, len));
+        let restored = Ledger::restore(&expected).unwrap();
+        assert_eq!(restored.snapshot_transfers_at(), (offset, len));
         for count in [1, 4, 10] {
             let stored = &expected[offset..offset + count * 128];
             let mut last = [0u8; 128];

@@ -52,39 +52,45 @@ impl SnapshotFiles {
             .map_err(io::Error::other)
     }
 
-    /// `save` with the engine's bytes in pieces, written as they arrive on `pieces` (`data_len`
-    /// in all); each written piece goes back on `spares` for reuse. Blocks until the sender
-    /// hangs up: call it from a thread that may block. A stream that ends short (the snapshot
-    /// was abandoned) saves nothing. Returns the bytes the data took on disk (packed).
-    pub fn save_streamed(
+    /// `save`, with the engine's transfers (`run_offset..run_offset + run_len` of `data`) in a
+    /// new run file that the next snapshot extends: for a snapshot installed from the leader,
+    /// so that the one after it writes only the transfers applied since.
+    pub fn save_with_run(
         &self,
         meta: &SnapshotMeta,
-        data_len: u64,
-        pieces: std::sync::mpsc::Receiver<Vec<u8>>,
-        spares: std::sync::mpsc::Sender<Vec<u8>>,
-    ) -> io::Result<u64> {
+        data: &[u8],
+        run_offset: usize,
+        run_len: usize,
+    ) -> io::Result<()> {
         let meta_bytes = postcard::to_allocvec(meta).map_err(io::Error::other)?;
+        let run = RunPlan {
+            offset: run_offset as u64,
+            len: run_len as u64,
+            extends: None,
+        };
         self.store
             .lock()
             .expect("snapshot store lock")
-            .save_streamed(
+            .save_streamed_with_run(
                 journal_log_id(meta),
                 &meta_bytes,
-                data_len,
-                pieces,
-                |piece| {
-                    // The builder may be gone (it stopped early); the piece is then freed.
-                    let _ = spares.send(piece);
-                },
+                data.len() as u64,
+                run,
+                std::iter::once(data),
+                |_| {},
                 self.save_pause,
             )
+            .map(|_| ())
             .map_err(io::Error::other)
     }
 
-    /// `save_streamed` for the engine's snapshot with its transfers (`run.offset..run.offset +
+    /// The engine's snapshot in pieces, written as they arrive on `pieces` (`data_len` bytes in
+    /// all, less what `run.extends` holds), with its transfers (`run.offset..run.offset +
     /// run.len` of the data) in a run file that the next snapshot extends in place: with
     /// `run.extends` (from `run_tail`), `pieces` carry the data less the transfers that run
-    /// holds. Returns the bytes written (packed), to both files.
+    /// holds. Each written piece goes back on `spares` for reuse. Blocks until the sender
+    /// hangs up: call it from a thread that may block. A stream that ends short (the snapshot
+    /// was abandoned) saves nothing. Returns the bytes written (packed), to both files.
     pub fn save_streamed_with_run(
         &self,
         meta: &SnapshotMeta,

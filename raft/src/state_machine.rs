@@ -424,7 +424,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             crate::blocking(self.threads, move || -> io::Result<(Ledger, Vec<u8>)> {
                 let ledger = LedgerCapacity::restore_ledger(capacity, &snapshot)
                     .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
-                snapshots.save(&saved_meta, &snapshot)?;
+                // Saved with its transfers in a run, as a built one is: the next snapshot
+                // extends it instead of writing them all again.
+                let (run_offset, run_len) = ledger.snapshot_transfers_at();
+                snapshots.save_with_run(&saved_meta, &snapshot, run_offset, run_len)?;
                 Ok((ledger, snapshot))
             })
             .await?;
@@ -618,6 +621,64 @@ mod tests {
             .await
             .expect("third snapshot");
         assert_eq!(snapshots.run_tail().expect("a run").len, 3_100 * 128);
+        state_machine.ring().shutdown();
+    }
+
+    /// A snapshot installed from the leader is saved with its transfers in a run, which the
+    /// follower's next snapshot extends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_installed_snapshot_is_extended_by_the_next_one() {
+        let mut leader = Ledger::new();
+        let accounts: Vec<Account> = (1..=2)
+            .map(|id| Account {
+                id,
+                ledger: 1,
+                code: 1,
+                ..Account::default()
+            })
+            .collect();
+        leader.create_accounts(10_000, &accounts);
+        leader.create_transfers(20_000, &transfers(1, 2_000));
+        let installed = leader.snapshot();
+
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let snapshots = Arc::new(
+            SnapshotFiles::open(
+                tally_journal::FsStorage::shared(),
+                dir.path(),
+                Threads::Dedicated,
+            )
+            .expect("open snapshots"),
+        );
+        let mut state_machine =
+            StateMachine::open(Arc::clone(&snapshots), |_| {}).expect("open state machine");
+        state_machine
+            .install_snapshot(&SnapshotMeta::default(), installed.clone())
+            .await
+            .expect("install");
+        assert_eq!(snapshots.run_tail().expect("a run").len, 2_000 * 128);
+        assert_eq!(snapshots.load_latest().unwrap().unwrap().1, installed);
+        let run_file = dir
+            .path()
+            .join(format!("{}1", tally_journal::SNAPSHOT_RUN_FILE_PREFIX));
+        let installed_size = std::fs::metadata(&run_file).expect("run file").len();
+
+        let whole = state_machine
+            .ring()
+            .run(|core: &mut Core| {
+                core.ledger.create_transfers(30_000, &transfers(2_001, 50));
+                core.ledger.snapshot()
+            })
+            .await
+            .expect("ring running");
+        state_machine.build_snapshot().await.expect("snapshot");
+        assert_eq!(snapshots.run_tail().expect("a run").len, 2_050 * 128);
+        let grown = std::fs::metadata(&run_file).expect("run file").len() - installed_size;
+        assert!(
+            grown > 0 && grown < installed_size / 10,
+            "{grown} after {installed_size}"
+        );
+        assert_eq!(snapshots.load_latest().unwrap().unwrap().1, whole);
         state_machine.ring().shutdown();
     }
 }
