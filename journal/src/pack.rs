@@ -151,41 +151,46 @@ impl Packer {
 
     /// Packs `bytes`, whole words, into `buffer` (room for the worst case); returns the bytes
     /// it took.
-    fn pack_words(&mut self, mut bytes: &[u8], buffer: &mut [u8]) -> usize {
-        let mut at = 0;
-        let word_at = |bytes: &[u8], index: usize| {
-            u64::from_le_bytes(
-                bytes[index * WORD_SIZE..][..WORD_SIZE]
-                    .try_into()
-                    .expect("a word"),
-            )
-        };
+    fn pack_words(&mut self, bytes: &[u8], buffer: &mut [u8]) -> usize {
         // A word at a time up to a record boundary, then a record at a time: the words it is
         // XORed with are the last record's, in place, with no ring to index (pack ran at
         // 1.4-2.0 GB/s a word at a time, session 19).
-        while !bytes.is_empty() && self.history.count % RECORD_WORDS as u64 != 0 {
-            let word = word_at(bytes, 0);
-            at = store_packed(buffer, at, word ^ self.history.previous());
-            self.history.push(word);
-            bytes = &bytes[WORD_SIZE..];
-        }
+        let to_boundary =
+            (RECORD_WORDS - (self.history.count % RECORD_WORDS as u64) as usize) % RECORD_WORDS;
+        let (lead, bytes) = bytes.split_at((to_boundary * WORD_SIZE).min(bytes.len()));
+        let mut at = self.pack_each_word(lead, buffer, 0);
         let mut records = bytes.chunks_exact(RECORD_WORDS * WORD_SIZE);
         for record in &mut records {
-            let previous = &mut self.history.words;
-            for (index, previous) in previous.iter_mut().enumerate() {
+            for (index, previous) in self.history.words.iter_mut().enumerate() {
                 let word = word_at(record, index);
                 at = store_packed(buffer, at, word ^ *previous);
                 *previous = word;
             }
             self.history.count += RECORD_WORDS as u64;
         }
-        for index in 0..records.remainder().len() / WORD_SIZE {
-            let word = word_at(records.remainder(), index);
+        self.pack_each_word(records.remainder(), buffer, at)
+    }
+
+    /// Packs the whole words of `bytes` one at a time into `buffer` from `at`; returns where
+    /// the next one goes.
+    fn pack_each_word(&mut self, bytes: &[u8], buffer: &mut [u8], mut at: usize) -> usize {
+        for index in 0..bytes.len() / WORD_SIZE {
+            let word = word_at(bytes, index);
             at = store_packed(buffer, at, word ^ self.history.previous());
             self.history.push(word);
         }
         at
     }
+}
+
+/// The `index`th little-endian word of `bytes`.
+#[inline(always)]
+fn word_at(bytes: &[u8], index: usize) -> u64 {
+    u64::from_le_bytes(
+        bytes[index * WORD_SIZE..][..WORD_SIZE]
+            .try_into()
+            .expect("a word"),
+    )
 }
 
 /// Stores the packed form of `delta` (a word XORed with the word a record before) at `at` in

@@ -130,6 +130,19 @@ impl RunRef {
         record
     }
 
+    /// The run as a later snapshot extends it, given its last record (`None`: the run is empty,
+    /// and there is nothing to extend).
+    fn tail(&self, last_record: Option<[u8; 128]>) -> Option<RunTail> {
+        last_record.map(|last_record| RunTail {
+            seq: self.seq,
+            stored: self.stored,
+            crc: self.crc,
+            len: self.len,
+            data_crc: self.data_crc,
+            last_record,
+        })
+    }
+
     /// `None` if a field is out of range for data of `data_len` bytes.
     fn decode(record: &[u8; RUN_RECORD_SIZE], data_len: u64) -> Option<RunRef> {
         let run = RunRef {
@@ -264,18 +277,10 @@ impl RunWriter {
             crc: self.file.crc,
             data_crc: self.data_crc,
         };
-        let tail = last_record.map(|last_record| RunTail {
-            seq: run.seq,
-            stored: run.stored,
-            crc: run.crc,
-            len: run.len,
-            data_crc: run.data_crc,
-            last_record,
-        });
         Ok(FinishedRun {
             seq: self.seq,
             record: run.encode(),
-            tail,
+            tail: run.tail(last_record),
             written: run.stored - kept_stored,
         })
     }
@@ -810,6 +815,18 @@ impl SnapshotStore {
             }
             Err(error) => return Err(Error::io("open", path, error)),
         };
+        // Checked before anything is sized by the run's length.
+        let size = file
+            .len()
+            .map_err(|error| Error::io("stat", &path, error))?;
+        if size < run.stored {
+            return Err(Error::corruption(
+                path,
+                0,
+                None,
+                "snapshot run file shorter than its snapshot says",
+            ));
+        }
         let offset = run.offset as usize;
         let mut data = Vec::with_capacity(rest.len() + run.len as usize);
         data.extend_from_slice(&rest[..offset]);
@@ -831,15 +848,7 @@ impl SnapshotStore {
             .next()
             .map(|record| record.try_into().expect("a record"));
         data.extend_from_slice(&rest[offset..]);
-        let tail = last_record.map(|last_record| RunTail {
-            seq: run.seq,
-            stored: run.stored,
-            crc: run.crc,
-            len: run.len,
-            data_crc: run.data_crc,
-            last_record,
-        });
-        Ok((data, tail))
+        Ok((data, run.tail(last_record)))
     }
 
     /// The log id and the first `len` bytes of the latest snapshot's data (fewer if the data

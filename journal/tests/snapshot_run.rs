@@ -232,6 +232,14 @@ fn a_crash_at_any_point_of_an_extension_leaves_the_old_snapshot_or_the_new_one()
     }
 }
 
+/// The error loading the latest snapshot gives, by a store opened afresh on `disk`.
+fn load_error(disk: &FaultyStorage, what: &str) -> Error {
+    SnapshotStore::open(disk.shared(), dir())
+        .unwrap()
+        .load_latest()
+        .expect_err(what)
+}
+
 #[test]
 fn a_damaged_or_missing_run_is_corruption() {
     let records = 400;
@@ -248,10 +256,7 @@ fn a_damaged_or_missing_run_is_corruption() {
         let disk = FaultyStorage::new(3);
         save(&disk);
         disk.flip_bit(&run, byte, 5);
-        let error = SnapshotStore::open(disk.shared(), dir())
-            .unwrap()
-            .load_latest()
-            .expect_err("flipped bit accepted");
+        let error = load_error(&disk, "flipped bit accepted");
         assert!(matches!(error, Error::Corruption { .. }), "{error}");
     }
     // The run record is under the snapshot file's checksum.
@@ -259,10 +264,7 @@ fn a_damaged_or_missing_run_is_corruption() {
         let disk = FaultyStorage::new(3);
         save(&disk);
         disk.flip_bit(&dir().join(SNAPSHOT_FILE_NAME), byte, 1);
-        let error = SnapshotStore::open(disk.shared(), dir())
-            .unwrap()
-            .load_latest()
-            .expect_err("flipped bit accepted");
+        let error = load_error(&disk, "flipped bit accepted");
         assert!(matches!(error, Error::Corruption { .. }), "{error}");
     }
     // Cut short, or gone.
@@ -270,18 +272,12 @@ fn a_damaged_or_missing_run_is_corruption() {
     save(&disk);
     let contents = disk.durable_contents(&run).unwrap();
     disk.put_durable(&run, &contents[..contents.len() - 1]);
-    let error = SnapshotStore::open(disk.shared(), dir())
-        .unwrap()
-        .load_latest()
-        .expect_err("a short run accepted");
+    let error = load_error(&disk, "a short run accepted");
     assert!(matches!(error, Error::Corruption { .. }), "{error}");
     let disk = FaultyStorage::new(3);
     save(&disk);
     disk.shared().remove(&run).unwrap();
-    let error = SnapshotStore::open(disk.shared(), dir())
-        .unwrap()
-        .load_latest()
-        .expect_err("a missing run accepted");
+    let error = load_error(&disk, "a missing run accepted");
     assert!(error.to_string().contains("missing"), "{error}");
 }
 

@@ -62,26 +62,13 @@ impl SnapshotFiles {
         run_offset: usize,
         run_len: usize,
     ) -> io::Result<()> {
-        let meta_bytes = postcard::to_allocvec(meta).map_err(io::Error::other)?;
         let run = RunPlan {
             offset: run_offset as u64,
             len: run_len as u64,
             extends: None,
         };
-        self.store
-            .lock()
-            .expect("snapshot store lock")
-            .save_streamed_with_run(
-                journal_log_id(meta),
-                &meta_bytes,
-                data.len() as u64,
-                run,
-                std::iter::once(data),
-                |_| {},
-                self.save_pause,
-            )
+        self.save_run(meta, data.len() as u64, run, std::iter::once(data), |_| {})
             .map(|_| ())
-            .map_err(io::Error::other)
     }
 
     /// The engine's snapshot in pieces, written as they arrive on `pieces` (`data_len` bytes in
@@ -99,6 +86,21 @@ impl SnapshotFiles {
         pieces: std::sync::mpsc::Receiver<Vec<u8>>,
         spares: std::sync::mpsc::Sender<Vec<u8>>,
     ) -> io::Result<u64> {
+        self.save_run(meta, data_len, run, pieces, |piece| {
+            // The builder may be gone (it stopped early); the piece is then freed.
+            let _ = spares.send(piece);
+        })
+    }
+
+    /// `SnapshotStore::save_streamed_with_run` under this node's meta encoding and pacing.
+    fn save_run<B: AsRef<[u8]>>(
+        &self,
+        meta: &SnapshotMeta,
+        data_len: u64,
+        run: RunPlan,
+        data: impl IntoIterator<Item = B>,
+        written: impl FnMut(B),
+    ) -> io::Result<u64> {
         let meta_bytes = postcard::to_allocvec(meta).map_err(io::Error::other)?;
         self.store
             .lock()
@@ -108,10 +110,8 @@ impl SnapshotFiles {
                 &meta_bytes,
                 data_len,
                 run,
-                pieces,
-                |piece| {
-                    let _ = spares.send(piece);
-                },
+                data,
+                written,
                 self.save_pause,
             )
             .map_err(io::Error::other)

@@ -482,24 +482,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_restored_snapshot_counts_as_the_last_one_taken() {
         let dir = tempfile::TempDir::new().expect("temp dir");
-        let snapshots = Arc::new(
-            SnapshotFiles::open(
-                tally_journal::FsStorage::shared(),
-                dir.path(),
-                Threads::Dedicated,
-            )
-            .expect("open snapshots"),
-        );
+        let snapshots = open_files(dir.path());
         let mut ledger = Ledger::new();
-        let accounts: Vec<Account> = (1..=3)
-            .map(|id| Account {
-                id,
-                ledger: 1,
-                code: 1,
-                ..Account::default()
-            })
-            .collect();
-        ledger.create_accounts(1, &accounts);
+        ledger.create_accounts(1, &accounts(3));
         snapshots
             .save(&SnapshotMeta::default(), &ledger.snapshot())
             .expect("save snapshot");
@@ -511,6 +496,26 @@ mod tests {
             .expect("ring running");
         assert_eq!((snapshot_bytes, events), (3 * 128, 0));
         state_machine.ring().shutdown();
+    }
+
+    /// Accounts `1..=count`, ledger 1.
+    fn accounts(count: u128) -> Vec<Account> {
+        (1..=count)
+            .map(|id| Account {
+                id,
+                ledger: 1,
+                code: 1,
+                ..Account::default()
+            })
+            .collect()
+    }
+
+    /// The snapshot files of a node whose data directory is `dir`.
+    fn open_files(dir: &std::path::Path) -> Arc<SnapshotFiles> {
+        Arc::new(
+            SnapshotFiles::open(tally_journal::FsStorage::shared(), dir, Threads::Dedicated)
+                .expect("open snapshots"),
+        )
     }
 
     /// Transfers `first..first + count` between accounts 1 and 2.
@@ -533,34 +538,16 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_snapshot_extends_the_transfers_of_the_one_before() {
         let dir = tempfile::TempDir::new().expect("temp dir");
-        let open_files = || {
-            Arc::new(
-                SnapshotFiles::open(
-                    tally_journal::FsStorage::shared(),
-                    dir.path(),
-                    Threads::Dedicated,
-                )
-                .expect("open snapshots"),
-            )
-        };
         let run_file = dir
             .path()
             .join(format!("{}1", tally_journal::SNAPSHOT_RUN_FILE_PREFIX));
-        let snapshots = open_files();
+        let snapshots = open_files(dir.path());
         let mut state_machine =
             StateMachine::open(Arc::clone(&snapshots), |_| {}).expect("open state machine");
         let ring = Arc::clone(state_machine.ring());
         let apply = |first: u128, count: u128, timestamp: u64| {
             ring.run(move |core: &mut Core| {
-                let accounts: Vec<Account> = (1..=2)
-                    .map(|id| Account {
-                        id,
-                        ledger: 1,
-                        code: 1,
-                        ..Account::default()
-                    })
-                    .collect();
-                core.ledger.create_accounts(timestamp, &accounts);
+                core.ledger.create_accounts(timestamp, &accounts(2));
                 let results = core
                     .ledger
                     .create_transfers(timestamp + 1_000, &transfers(first, count));
@@ -606,7 +593,7 @@ mod tests {
         state_machine.ring().shutdown();
 
         // Restored from it by a node that starts again, which extends it in turn.
-        let snapshots = open_files();
+        let snapshots = open_files(dir.path());
         let mut state_machine =
             StateMachine::open(Arc::clone(&snapshots), |_| {}).expect("open state machine");
         assert_eq!(snapshots.run_tail(), Some(second));
@@ -629,27 +616,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_installed_snapshot_is_extended_by_the_next_one() {
         let mut leader = Ledger::new();
-        let accounts: Vec<Account> = (1..=2)
-            .map(|id| Account {
-                id,
-                ledger: 1,
-                code: 1,
-                ..Account::default()
-            })
-            .collect();
-        leader.create_accounts(10_000, &accounts);
+        leader.create_accounts(10_000, &accounts(2));
         leader.create_transfers(20_000, &transfers(1, 2_000));
         let installed = leader.snapshot();
 
         let dir = tempfile::TempDir::new().expect("temp dir");
-        let snapshots = Arc::new(
-            SnapshotFiles::open(
-                tally_journal::FsStorage::shared(),
-                dir.path(),
-                Threads::Dedicated,
-            )
-            .expect("open snapshots"),
-        );
+        let snapshots = open_files(dir.path());
         let mut state_machine =
             StateMachine::open(Arc::clone(&snapshots), |_| {}).expect("open state machine");
         state_machine
