@@ -19,6 +19,7 @@ use crate::state::{
     account_term, balance_term, failed_id_term, history_term, status_term, transfer_term,
     FIELD_CREDITS_PENDING, FIELD_CREDITS_POSTED, FIELD_DEBITS_PENDING, FIELD_DEBITS_POSTED,
 };
+use crate::stored_account::StoredAccount;
 use crate::stream::{fence, push_streaming};
 use crate::types::{
     Account, AccountBalance, AccountFlags, EventResult, Operation, Transfer, TransferFlags,
@@ -238,24 +239,16 @@ pub(crate) struct AccountLinks {
 /// `reserved` field, plus one (so a new record's zero means none), which every transfer of the
 /// account already brings into cache and writes: in a separate array it cost each account of
 /// each transfer a cache miss of its own (docs/design.md §2). Clients never see it: every
-/// record that leaves the ledger goes through `public_account`, and the digest's terms do not
-/// read it.
+/// record that leaves the ledger goes through `StoredAccount::public`, and the digest's terms do
+/// not read it.
 #[inline(always)]
-pub(crate) fn transfers_head(account: &Account) -> u32 {
+pub(crate) fn transfers_head(account: &StoredAccount) -> u32 {
     account.reserved.wrapping_sub(1)
 }
 
 #[inline(always)]
-pub(crate) fn set_transfers_head(account: &mut Account, head: u32) {
+pub(crate) fn set_transfers_head(account: &mut StoredAccount, head: u32) {
     account.reserved = head.wrapping_add(1);
-}
-
-/// A stored account record as clients see it: `reserved` zero.
-pub(crate) fn public_account(account: &Account) -> Account {
-    Account {
-        reserved: 0,
-        ..*account
-    }
 }
 
 /// For each transfer, the previous transfer of its debit account and of its credit account.
@@ -402,7 +395,7 @@ pub struct Ledger {
     pub(crate) history_rows_max: usize,
 
     /// In creation (= timestamp) order.
-    pub(crate) accounts: Vec<Aligned<Account>>,
+    pub(crate) accounts: Vec<Aligned<StoredAccount>>,
     pub(crate) account_links: Vec<AccountLinks>,
     pub(crate) account_indexes: IdIndex,
 
@@ -432,6 +425,10 @@ pub struct Ledger {
     /// Tests turn `create_plain_transfer` off to check it against the general path.
     #[cfg(test)]
     plain_path_disabled: bool,
+    /// Transfers the plain path created: pending, posted checked from the accounts' first cache
+    /// lines alone, posted checked with their pending balances.
+    #[cfg(test)]
+    plain_path_counts: [u64; 3],
 }
 
 impl Default for Ledger {
@@ -477,25 +474,42 @@ pub(crate) fn record_bytes<T: IntoBytes + Immutable>(record: &T) -> &[u8; 128] {
     record.as_bytes().try_into().expect("a 128-byte record")
 }
 
-pub(crate) fn balances_of(account: &Account) -> [u128; 4] {
-    [
-        account.debits_pending,
-        account.debits_posted,
-        account.credits_pending,
-        account.credits_posted,
-    ]
+/// The limits of a constrained account hold (true for unconstrained accounts). Reads the second
+/// cache line (`limits_hold` with zeros is the first line's alone).
+#[inline(always)]
+fn within_limits(account: &StoredAccount) -> bool {
+    limits_hold(account, account.debits_pending(), account.credits_pending())
 }
 
-/// The limit of a constrained account holds (true for unconstrained accounts).
+/// `within_limits` as a call, for a branch that the common case skips: the compiler cannot load
+/// the second cache line ahead of that branch, as it may for a load it sees.
+#[inline(never)]
+fn within_limits_outlined(account: &StoredAccount) -> bool {
+    within_limits(account)
+}
+
+/// `within_limits` after a plain transfer, read as the plain path's checks read it.
 #[inline(always)]
-fn within_limits(account: &Account) -> bool {
+fn limits_hold_after(account: &StoredAccount, pending: bool, nothing_pending: bool) -> bool {
+    if pending {
+        within_limits(account)
+    } else if nothing_pending {
+        limits_hold(account, 0, 0)
+    } else {
+        within_limits_outlined(account)
+    }
+}
+
+/// `within_limits` with the account's pending balances given.
+#[inline(always)]
+fn limits_hold(account: &StoredAccount, debits_pending: u128, credits_pending: u128) -> bool {
     let constrained =
         AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS;
-    if account.flags & constrained == 0 {
+    if account.flags() & constrained == 0 {
         return true;
     }
-    let debits = account.debits_pending.checked_add(account.debits_posted);
-    let credits = account.credits_pending.checked_add(account.credits_posted);
+    let debits = debits_pending.checked_add(account.debits_posted);
+    let credits = credits_pending.checked_add(account.credits_posted);
     let debits_ok = !account.has_flag(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
         || debits.is_some_and(|debits| debits <= account.credits_posted);
     let credits_ok = !account.has_flag(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS)
@@ -627,7 +641,11 @@ impl Ledger {
     pub fn reserve(&mut self, accounts: usize, transfers: usize) {
         let accounts = accounts.min(self.accounts_max - self.accounts.len());
         let transfers = transfers.min(self.transfers_max.saturating_sub(self.transfers.len()));
-        reserve_touched(&mut self.accounts, accounts, Aligned(Account::default()));
+        reserve_touched(
+            &mut self.accounts,
+            accounts,
+            Aligned(StoredAccount::default()),
+        );
         let heads = AccountLinks { history_head: NONE };
         reserve_touched(&mut self.account_links, accounts, heads);
         self.account_indexes.reserve(accounts);
@@ -727,6 +745,8 @@ impl Ledger {
             hints: Vec::new(),
             #[cfg(test)]
             plain_path_disabled: false,
+            #[cfg(test)]
+            plain_path_counts: [0; 3],
         }
     }
 
@@ -952,15 +972,11 @@ impl Ledger {
                 .account_index_of(pending.credit_account_id)
                 .expect("account") as usize;
             let debit = &mut self.accounts[debit_index];
-            debit.debits_pending = debit
-                .debits_pending
-                .checked_sub(pending.amount)
-                .expect("pending");
+            let debits_pending = debit.debits_pending().checked_sub(pending.amount);
+            debit.set_debits_pending(debits_pending.expect("pending"));
             let credit = &mut self.accounts[credit_index];
-            credit.credits_pending = credit
-                .credits_pending
-                .checked_sub(pending.amount)
-                .expect("pending");
+            let credits_pending = credit.credits_pending().checked_sub(pending.amount);
+            credit.set_credits_pending(credits_pending.expect("pending"));
             let pending_hash = hash_id(pending.id);
             self.digest = self
                 .digest
@@ -1012,13 +1028,7 @@ impl Ledger {
                     account_index,
                     balances,
                 } => {
-                    let account = &mut self.accounts[account_index as usize];
-                    [
-                        account.debits_pending,
-                        account.debits_posted,
-                        account.credits_pending,
-                        account.credits_posted,
-                    ] = balances;
+                    self.accounts[account_index as usize].set_balances(balances);
                 }
                 Undo::PendingResolved { pending_index } => {
                     let status = self
@@ -1096,7 +1106,7 @@ impl Ledger {
     #[inline(always)]
     fn record_balances(&mut self, account_index: usize) {
         if self.undo_recording {
-            let balances = balances_of(&self.accounts[account_index]);
+            let balances = self.accounts[account_index].balances();
             self.undo.push(Undo::Balances {
                 account_index: account_index as u32,
                 balances,
@@ -1205,18 +1215,18 @@ impl Ledger {
             return Outcome::failed(R::AccountsCapacityExceeded);
         }
         let account_index = self.accounts.len() as u32;
-        self.accounts.push(Aligned(Account {
+        self.accounts.push(Aligned(StoredAccount::new(&Account {
             timestamp,
             ..*event
-        }));
+        })));
         assert_eq!(transfers_head(&self.accounts[account_index as usize]), NONE);
         self.account_links.push(AccountLinks { history_head: NONE });
         let accounts = &self.accounts;
         self.account_indexes
             .insert(event.id, account_index, |index| accounts[index as usize].id);
-        self.digest = self
-            .digest
-            .wrapping_add(account_term(&self.accounts[account_index as usize]));
+        self.digest = self.digest.wrapping_add(account_term(
+            &self.accounts[account_index as usize].public(),
+        ));
         Outcome {
             result: R::Ok,
             timestamp,
@@ -1250,10 +1260,10 @@ impl Ledger {
         }
     }
 
-    fn account_exists(event: &Account, existing: &Account) -> CreateAccountResult {
+    fn account_exists(event: &Account, existing: &StoredAccount) -> CreateAccountResult {
         use CreateAccountResult as R;
         let checks = [
-            (event.flags != existing.flags, R::ExistsWithDifferentFlags),
+            (event.flags != existing.flags(), R::ExistsWithDifferentFlags),
             (
                 event.user_data_128 != existing.user_data_128,
                 R::ExistsWithDifferentUserData128,
@@ -1466,21 +1476,36 @@ impl Ledger {
         if resolving_count > 0 {
             self.resolve_pending_hints(events, stable_transfers_count, hints, &mut fingerprints);
         }
-        // The account records the slots name (both cache lines) and their list heads.
+        // The account records the slots name: the first cache line, which is all a posted
+        // transfer between accounts with nothing pending reads, and the second too for events
+        // that will read or record the pending balances.
         let mut candidates = [[NONE; 2]; LOOKAHEAD_EVENTS];
-        for (fingerprints, candidates) in fingerprints[..events.len()].iter().zip(&mut candidates) {
+        let second_line = TransferFlags::PENDING
+            | resolving
+            | TransferFlags::BALANCING_DEBIT
+            | TransferFlags::BALANCING_CREDIT
+            | TransferFlags::LINKED;
+        for ((event, fingerprints), candidates) in events
+            .iter()
+            .zip(&fingerprints[..events.len()])
+            .zip(&mut candidates)
+        {
             for (fingerprint, candidate) in fingerprints.iter().zip(candidates) {
                 *candidate = self.account_indexes.candidate(*fingerprint);
                 if let Some(account) = self.accounts.get(*candidate as usize) {
                     let bytes = record_bytes(&account.0);
                     prefetch(&bytes[0]);
-                    prefetch(&bytes[64]);
+                    if event.flags & second_line != 0 {
+                        prefetch(&bytes[64]);
+                    }
                 }
             }
         }
         // A candidate whose record has the id is the answer (fingerprints are unique in a probe
         // only up to collisions, so anything else takes the full lookup). The asserts are real
-        // invariants, cheap on records already in cache.
+        // invariants, cheap on records already in cache. An account whose first line says that
+        // the transfer will need its second (something pending, or history) has it prefetched
+        // now, a window before use.
         let index_of = |id: u128, fingerprint: u32, candidate: u32| {
             let accounts = &self.accounts;
             let found = match accounts.get(candidate as usize) {
@@ -1493,6 +1518,9 @@ impl Ledger {
                 Some(index) => {
                     let account = &accounts[index as usize];
                     assert!(account.id == id && account.ledger != 0);
+                    if account.second_line_needed() {
+                        prefetch(&record_bytes(&account.0)[64]);
+                    }
                     index
                 }
                 None => NONE,
@@ -1682,11 +1710,23 @@ impl Ledger {
         let credit = &self.accounts[credit_index];
         if (debit.ledger != event.ledger)
             | (credit.ledger != event.ledger)
-            | ((debit.flags | credit.flags) & AccountFlags::CLOSED != 0)
+            | ((debit.flags() | credit.flags()) & AccountFlags::CLOSED != 0)
         {
             return false;
         }
-        if Self::check_amount(event, debit, credit, event.amount, timestamp).is_err() {
+        // The pending balances: a pending transfer reads them (its accounts' second cache lines
+        // were prefetched with the first); a posted transfer between accounts with nothing
+        // pending is checked from the first lines alone; any other posted transfer reads them
+        // through a call, which keeps their loads out of the common case.
+        let nothing_pending = !pending & debit.nothing_pending() & credit.nothing_pending();
+        let checked = if pending {
+            Self::check_amount(event, debit, credit, event.amount, timestamp)
+        } else if nothing_pending {
+            Self::check_amount_given(event, debit, credit, event.amount, timestamp, (0, 0))
+        } else {
+            Self::check_amount_outlined(event, debit, credit, event.amount, timestamp)
+        };
+        if checked.is_err() {
             return false;
         }
         if self.history.len() + self.history_rows_needed(debit, credit) > self.history_rows_max {
@@ -1695,23 +1735,36 @@ impl Ledger {
 
         // Every check passed: from here on nothing fails. The same effects as
         // `create_single_phase_or_pending`.
+        #[cfg(test)]
+        {
+            let kind = if pending {
+                0
+            } else if nothing_pending {
+                1
+            } else {
+                2
+            };
+            self.plain_path_counts[kind] += 1;
+        }
         let amount = event.amount;
         self.record_balances(debit_index);
         self.record_balances(credit_index);
         let debit = &mut self.accounts[debit_index];
         if pending {
-            debit.debits_pending += amount;
+            let debits_pending = debit.debits_pending() + amount;
+            debit.set_debits_pending(debits_pending);
         } else {
             debit.debits_posted += amount;
         }
-        assert!(within_limits(debit));
+        assert!(limits_hold_after(debit, pending, nothing_pending));
         let credit = &mut self.accounts[credit_index];
         if pending {
-            credit.credits_pending += amount;
+            let credits_pending = credit.credits_pending() + amount;
+            credit.set_credits_pending(credits_pending);
         } else {
             credit.credits_posted += amount;
         }
-        assert!(within_limits(credit));
+        assert!(limits_hold_after(credit, pending, nothing_pending));
         // The stored record is the event with its timestamp: the event's lanes with the last
         // one replaced hash it.
         let (ledger_code_flags, event_timestamp) =
@@ -1812,7 +1865,7 @@ impl Ledger {
         self.transfers.len() + self.failed_ids.len() >= self.transfers_max
     }
 
-    fn history_rows_needed(&self, debit: &Account, credit: &Account) -> usize {
+    fn history_rows_needed(&self, debit: &StoredAccount, credit: &StoredAccount) -> usize {
         debit.has_flag(AccountFlags::HISTORY) as usize
             + credit.has_flag(AccountFlags::HISTORY) as usize
     }
@@ -1861,14 +1914,16 @@ impl Ledger {
         self.record_balances(credit_index);
         let debit = &mut self.accounts[debit_index];
         if pending {
-            debit.debits_pending += amount;
+            let debits_pending = debit.debits_pending() + amount;
+            debit.set_debits_pending(debits_pending);
         } else {
             debit.debits_posted += amount;
         }
         assert!(within_limits(debit));
         let credit = &mut self.accounts[credit_index];
         if pending {
-            credit.credits_pending += amount;
+            let credits_pending = credit.credits_pending() + amount;
+            credit.set_credits_pending(credits_pending);
         } else {
             credit.credits_posted += amount;
         }
@@ -1914,36 +1969,65 @@ impl Ledger {
     }
 
     /// A balancing transfer moves at most what is available, never driving a balance negative.
-    fn balanced_amount(event: &Transfer, debit: &Account, credit: &Account) -> u128 {
+    fn balanced_amount(event: &Transfer, debit: &StoredAccount, credit: &StoredAccount) -> u128 {
         let mut amount = event.amount;
         if event.has_flag(TransferFlags::BALANCING_DEBIT) {
-            let debits = debit.debits_posted.saturating_add(debit.debits_pending);
+            let debits = debit.debits_posted.saturating_add(debit.debits_pending());
             amount = amount.min(debit.credits_posted.saturating_sub(debits));
         }
         if event.has_flag(TransferFlags::BALANCING_CREDIT) {
-            let credits = credit.credits_posted.saturating_add(credit.credits_pending);
+            let credits = credit
+                .credits_posted
+                .saturating_add(credit.credits_pending());
             amount = amount.min(credit.debits_posted.saturating_sub(credits));
         }
         amount
     }
 
-    /// Overflow and limit checks of a plain or pending transfer of `amount`.
-    fn check_amount(
+    /// `check_amount` as a call (see `within_limits_outlined`).
+    #[inline(never)]
+    fn check_amount_outlined(
         event: &Transfer,
-        debit: &Account,
-        credit: &Account,
+        debit: &StoredAccount,
+        credit: &StoredAccount,
         amount: u128,
         timestamp: u64,
+    ) -> Result<(), CreateTransferResult> {
+        Self::check_amount(event, debit, credit, amount, timestamp)
+    }
+
+    /// Overflow and limit checks of a plain or pending transfer of `amount`. Reads the second
+    /// cache line of both accounts.
+    #[inline(always)]
+    fn check_amount(
+        event: &Transfer,
+        debit: &StoredAccount,
+        credit: &StoredAccount,
+        amount: u128,
+        timestamp: u64,
+    ) -> Result<(), CreateTransferResult> {
+        let pending = (debit.debits_pending(), credit.credits_pending());
+        Self::check_amount_given(event, debit, credit, amount, timestamp, pending)
+    }
+
+    /// `check_amount`, with the debit account's `debits_pending` and the credit account's
+    /// `credits_pending` given.
+    #[inline(always)]
+    fn check_amount_given(
+        event: &Transfer,
+        debit: &StoredAccount,
+        credit: &StoredAccount,
+        amount: u128,
+        timestamp: u64,
+        (debits_pending, credits_pending): (u128, u128),
     ) -> Result<(), CreateTransferResult> {
         use CreateTransferResult as R;
         let pending = event.has_flag(TransferFlags::PENDING);
         if pending {
-            debit
-                .debits_pending
+            debits_pending
                 .checked_add(amount)
                 .ok_or(R::OverflowsDebitsPending)?;
-            credit
-                .credits_pending
+            credits_pending
                 .checked_add(amount)
                 .ok_or(R::OverflowsCreditsPending)?;
         } else {
@@ -1956,13 +2040,11 @@ impl Ledger {
                 .checked_add(amount)
                 .ok_or(R::OverflowsCreditsPosted)?;
         }
-        let debits = debit
-            .debits_pending
+        let debits = debits_pending
             .checked_add(debit.debits_posted)
             .and_then(|debits| debits.checked_add(amount))
             .ok_or(R::OverflowsDebits)?;
-        let credits = credit
-            .credits_pending
+        let credits = credits_pending
             .checked_add(credit.credits_posted)
             .and_then(|credits| credits.checked_add(amount))
             .ok_or(R::OverflowsCredits)?;
@@ -2047,17 +2129,13 @@ impl Ledger {
         self.record_balances(credit_index);
         let posted = if post { amount } else { 0 };
         let debit = &mut self.accounts[debit_index];
-        debit.debits_pending = debit
-            .debits_pending
-            .checked_sub(pending.amount)
-            .expect("pending");
+        let debits_pending = debit.debits_pending().checked_sub(pending.amount);
+        debit.set_debits_pending(debits_pending.expect("pending"));
         debit.debits_posted += posted;
         assert!(within_limits(debit));
         let credit = &mut self.accounts[credit_index];
-        credit.credits_pending = credit
-            .credits_pending
-            .checked_sub(pending.amount)
-            .expect("pending");
+        let credits_pending = credit.credits_pending().checked_sub(pending.amount);
+        credit.set_credits_pending(credits_pending.expect("pending"));
         credit.credits_posted += posted;
         assert!(within_limits(credit));
         let debit_hash = hash_id(pending.debit_account_id);
@@ -2225,9 +2303,9 @@ impl Ledger {
         }
         assert!(self.history.len() < self.history_rows_max);
         let balance = AccountBalance {
-            debits_pending: account.debits_pending,
+            debits_pending: account.debits_pending(),
             debits_posted: account.debits_posted,
-            credits_pending: account.credits_pending,
+            credits_pending: account.credits_pending(),
             credits_posted: account.credits_posted,
             timestamp: self.transfers[transfer_index as usize].timestamp,
             ..AccountBalance::default()
@@ -2468,6 +2546,7 @@ mod tests {
     fn the_plain_path_agrees_with_the_general_path() {
         let (mut ok_count, mut events_count) = (0, 0);
         let (mut history_rows, mut failed_ids, mut pending) = (0, 0, 0);
+        let mut plain_path_counts = [0; 3];
         for seed in 0..40 {
             let mut stream = Stream(seed);
             let mut plain = Ledger::with_capacity(64, 4096);
@@ -2512,9 +2591,17 @@ mod tests {
             history_rows += plain.history.len();
             failed_ids += plain.failed_ids.len();
             pending += plain.pending_statuses.len();
+            for (sum, count) in plain_path_counts.iter_mut().zip(plain.plain_path_counts) {
+                *sum += count;
+            }
         }
         // The snapshots compared had every section filled.
         assert!(history_rows > 0 && failed_ids > 0 && pending > 0);
+        // Each way the plain path reads pending balances was taken, and agreed.
+        assert!(
+            plain_path_counts.iter().all(|count| *count > 20),
+            "{plain_path_counts:?}"
+        );
         // The mix must exercise the plain path, not only the reasons to leave it.
         assert!(
             ok_count * 10 > events_count,

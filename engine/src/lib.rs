@@ -22,6 +22,7 @@ mod record_hash;
 mod results;
 mod snapshot;
 mod state;
+mod stored_account;
 mod stream;
 mod types;
 
@@ -32,6 +33,7 @@ pub use results::{CreateAccountResult, CreateTransferResult};
 pub use snapshot::SnapshotError;
 pub use snapshot::SnapshotWriter;
 pub use snapshot::StoredTransfers;
+pub use stored_account::StoredAccount;
 pub use types::{
     Account, AccountBalance, AccountFilter, AccountFlags, EventResult, LedgerTotals, Operation,
     Transfer, TransferFlags, UnknownOperation,

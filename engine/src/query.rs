@@ -1,6 +1,6 @@
 //! Reads: lookups and per-account queries. Reads never change state and never go through the log.
 
-use crate::ledger::{public_account, transfers_head, Ledger, NONE};
+use crate::ledger::{transfers_head, Ledger, NONE};
 use crate::limits::{LOOKUP_IDS_MAX, QUERY_RESULTS_MAX};
 use crate::types::{Account, AccountBalance, AccountFilter, AccountFlags, Transfer};
 
@@ -22,7 +22,7 @@ impl Ledger {
         ids.iter()
             .take(LOOKUP_IDS_MAX)
             .filter_map(|id| self.account_index_of(*id))
-            .map(|index| public_account(&self.accounts[index as usize]))
+            .map(|index| self.accounts[index as usize].public())
             .collect()
     }
 

@@ -24,12 +24,13 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::id_hash::{hash_id, IdSet};
 use crate::ledger::{
-    expires_at, public_account, set_transfers_head, transfers_head, AccountLinks, Aligned,
-    HistoryRow, Ledger, PendingStatus, TransferLinks, NONE,
+    expires_at, set_transfers_head, transfers_head, AccountLinks, Aligned, HistoryRow, Ledger,
+    PendingStatus, TransferLinks, NONE,
 };
 use crate::limits::{SNAPSHOT_HEADER_SIZE, SNAPSHOT_VERSION};
 use crate::state::{account_term, failed_id_term, history_term, status_term, transfer_term};
-use crate::types::{Account, AccountBalance, Transfer, TransferFlags};
+use crate::stored_account::StoredAccount;
+use crate::types::{Account, AccountBalance, AccountFlags, Transfer, TransferFlags};
 
 const MAGIC: &[u8; 8] = b"TALLYSNP";
 const META_SIZE: usize = 5 * 8 + 16 + 5 * 8;
@@ -291,7 +292,7 @@ impl Ledger {
             bytes.extend_from_slice(&(count as u64).to_le_bytes());
         }
         for account in &self.accounts {
-            bytes.extend_from_slice(public_account(account).as_bytes());
+            bytes.extend_from_slice(account.public().as_bytes());
         }
         let mut tail = Vec::with_capacity(tail_size);
         for (index, status) in &pending {
@@ -587,18 +588,17 @@ impl Ledger {
         }
         // Appended, not replaced: a ledger built `with_capacity` keeps the memory it reserved.
         assert!(self.accounts.is_empty());
-        self.accounts.extend(
-            bytes
-                .chunks_exact(128)
-                .map(|chunk| Aligned(Account::read_from_bytes(chunk).expect("128 bytes"))),
-        );
-        // `reserved` holds the head of the account's transfer list, which the transfers rebuild.
-        if let Some(position) = self
-            .accounts
-            .iter()
-            .position(|account| account.reserved != 0)
-        {
-            return Err(invalid("account", position, "reserved field not zero"));
+        for (position, chunk) in bytes.chunks_exact(128).enumerate() {
+            let account = Account::read_from_bytes(chunk).expect("128 bytes");
+            // `reserved` holds the head of the account's transfer list, which the transfers
+            // rebuild, and flags outside `AccountFlags::ALL` are the ledger's own.
+            if account.reserved != 0 {
+                return Err(invalid("account", position, "reserved field not zero"));
+            }
+            if account.flags & !AccountFlags::ALL != 0 {
+                return Err(invalid("account", position, "unknown flag set"));
+            }
+            self.accounts.push(Aligned(StoredAccount::new(&account)));
         }
         self.account_links
             .resize(count, AccountLinks { history_head: NONE });
@@ -819,29 +819,49 @@ mod tests {
         assert_eq!(Ledger::restore(&bytes).expect("restore").snapshot(), bytes);
     }
 
-    /// The ledger keeps an account's transfer-list head in its stored record's `reserved`: a
-    /// snapshot holds the record as clients see it, and one with `reserved` set is refused.
+    /// The ledger keeps an account's transfer-list head in its stored record's `reserved`, and
+    /// whether its pending balances are zero in flag bits no client may set: a snapshot holds
+    /// the record as clients see it, and one with `reserved` or such a flag set is refused.
     #[test]
-    fn a_snapshot_holds_accounts_as_clients_see_them_and_refuses_a_set_reserved_field() {
+    fn a_snapshot_holds_accounts_as_clients_see_them_and_refuses_the_ledgers_own_fields() {
         let ledger = ledger_with_transfers(8, 64);
         assert!(transfers_head(&ledger.accounts[1]) != NONE);
-        let mut bytes = ledger.snapshot();
+        assert!(!ledger.accounts[1].nothing_pending());
+        let bytes = ledger.snapshot();
         let public = ledger.lookup_accounts(&[2])[0];
         assert_eq!(public.reserved, 0);
+        assert_eq!(public.flags, 0);
+        assert_ne!(public.debits_pending | public.credits_pending, 0);
         let at = bytes
             .windows(128)
             .position(|record| record == public.as_bytes())
             .expect("the account as clients see it");
-        bytes[at + core::mem::offset_of!(Account, reserved)] = 1;
-        reseal(&mut bytes);
-        assert_eq!(
-            Ledger::restore(&bytes).err(),
-            Some(SnapshotError::InvalidRecord {
-                record: "account",
-                position: 1,
-                reason: "reserved field not zero"
-            })
-        );
+        let restored = Ledger::restore(&bytes).expect("restore");
+        assert_eq!(restored.accounts, ledger.accounts);
+        for (offset, value, reason) in [
+            (
+                core::mem::offset_of!(Account, reserved),
+                1,
+                "reserved field not zero",
+            ),
+            (
+                core::mem::offset_of!(Account, flags) + 1,
+                0x80,
+                "unknown flag set",
+            ),
+        ] {
+            let mut bytes = bytes.clone();
+            bytes[at + offset] = value;
+            reseal(&mut bytes);
+            assert_eq!(
+                Ledger::restore(&bytes).err(),
+                Some(SnapshotError::InvalidRecord {
+                    record: "account",
+                    position: 1,
+                    reason
+                })
+            );
+        }
     }
 
     /// A snapshot changed after it was sealed, sealed again: its checksum holds.

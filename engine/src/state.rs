@@ -5,13 +5,12 @@ use std::collections::BTreeMap;
 use zerocopy::IntoBytes;
 
 use crate::id_hash::{hash_id, IdMap};
-use crate::ledger::{
-    balances_of, public_account, record_bytes, transfers_head, Ledger, PendingStatus, NONE,
-};
+use crate::ledger::{record_bytes, transfers_head, Ledger, PendingStatus, NONE};
 use crate::record_hash::{
     field_multiplier, lane_term, record_hash, Lanes, SEED_ACCOUNT, SEED_FAILED_ID,
     SEED_HISTORY_ROW, SEED_TRANSFER,
 };
+use crate::stored_account::StoredAccount;
 use crate::types::{Account, AccountBalance, AccountFlags, LedgerTotals, Transfer, TransferFlags};
 
 // The balance-like fields of the digest: an account's four balances and a transfer's pending
@@ -25,14 +24,16 @@ pub(crate) const FIELD_PENDING_STATUS: usize = 4;
 /// What an account adds to the digest: the hash of its record with the balances zeroed, plus
 /// each balance times its field's multiplier. Linear in the balances, so a transfer updates the
 /// digest with one multiplication per balance it changes instead of rehashing two records.
+///
+/// Of the account as clients see it (`StoredAccount::public`): `reserved` is left out.
 pub(crate) fn account_term(account: &Account) -> u128 {
-    // As clients see it: without the list head the ledger keeps in `reserved`.
     let fixed = Account {
         debits_pending: 0,
         debits_posted: 0,
         credits_pending: 0,
         credits_posted: 0,
-        ..public_account(account)
+        reserved: 0,
+        ..*account
     };
     let id_hash = hash_id(account.id);
     let fields = [
@@ -41,7 +42,13 @@ pub(crate) fn account_term(account: &Account) -> u128 {
         FIELD_CREDITS_PENDING,
         FIELD_CREDITS_POSTED,
     ];
-    fields.iter().zip(balances_of(account)).fold(
+    let balances = [
+        account.debits_pending,
+        account.debits_posted,
+        account.credits_pending,
+        account.credits_posted,
+    ];
+    fields.iter().zip(balances).fold(
         record_hash(record_bytes(&fixed), SEED_ACCOUNT),
         |term, (field, balance)| term.wrapping_add(balance_term(id_hash, *field, balance)),
     )
@@ -102,7 +109,7 @@ impl Ledger {
     pub fn digest_full(&self) -> u128 {
         let mut sum: u128 = 0;
         for account in &self.accounts {
-            sum = sum.wrapping_add(account_term(account));
+            sum = sum.wrapping_add(account_term(&account.public()));
         }
         for (index, transfer) in self.transfers.iter().enumerate() {
             let status = self.pending_status_byte(index as u32);
@@ -133,9 +140,11 @@ impl Ledger {
         for account in &self.accounts {
             let entry = totals.entry(account.ledger).or_default();
             entry.accounts_count += 1;
-            entry.debits_pending = entry.debits_pending.wrapping_add(account.debits_pending);
+            entry.debits_pending = entry.debits_pending.wrapping_add(account.debits_pending());
             entry.debits_posted = entry.debits_posted.wrapping_add(account.debits_posted);
-            entry.credits_pending = entry.credits_pending.wrapping_add(account.credits_pending);
+            entry.credits_pending = entry
+                .credits_pending
+                .wrapping_add(account.credits_pending());
             entry.credits_posted = entry.credits_posted.wrapping_add(account.credits_posted);
         }
         totals.into_iter().collect()
@@ -144,7 +153,7 @@ impl Ledger {
     /// Bytes of memory the account side of the ledger holds, by capacity: the records, their
     /// list heads, and the id index. This is what `bytes_per_account` in the benchmark reports.
     pub fn accounts_memory_bytes(&self) -> usize {
-        self.accounts.capacity() * core::mem::size_of::<Account>()
+        self.accounts.capacity() * core::mem::size_of::<StoredAccount>()
             + self.account_links.capacity() * core::mem::size_of::<crate::ledger::AccountLinks>()
             + self.account_indexes.memory_bytes()
     }
@@ -256,15 +265,17 @@ impl Ledger {
             }
         }
         for (account, expected) in self.accounts.iter().zip(&expected) {
-            let actual = [
-                account.debits_pending,
-                account.debits_posted,
-                account.credits_pending,
-                account.credits_posted,
-            ];
-            assert_eq!(&actual, expected, "balances of account {}", account.id);
-            let debits = account.debits_pending.checked_add(account.debits_posted);
-            let credits = account.credits_pending.checked_add(account.credits_posted);
+            assert_eq!(
+                &account.balances(),
+                expected,
+                "balances of account {}",
+                account.id
+            );
+            account.check_internal_flags();
+            let debits = account.debits_pending().checked_add(account.debits_posted);
+            let credits = account
+                .credits_pending()
+                .checked_add(account.credits_posted);
             if account.has_flag(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS) {
                 assert!(debits.is_some_and(|debits| debits <= account.credits_posted));
             }
