@@ -1215,18 +1215,17 @@ impl Ledger {
             return Outcome::failed(R::AccountsCapacityExceeded);
         }
         let account_index = self.accounts.len() as u32;
-        self.accounts.push(Aligned(StoredAccount::new(&Account {
+        let account = Account {
             timestamp,
             ..*event
-        })));
+        };
+        self.accounts.push(Aligned(StoredAccount::new(&account)));
         assert_eq!(transfers_head(&self.accounts[account_index as usize]), NONE);
         self.account_links.push(AccountLinks { history_head: NONE });
         let accounts = &self.accounts;
         self.account_indexes
             .insert(event.id, account_index, |index| accounts[index as usize].id);
-        self.digest = self.digest.wrapping_add(account_term(
-            &self.accounts[account_index as usize].public(),
-        ));
+        self.digest = self.digest.wrapping_add(account_term(&account));
         Outcome {
             result: R::Ok,
             timestamp,
