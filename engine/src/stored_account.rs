@@ -18,7 +18,7 @@
 //! see them, nor the list head in `reserved`: every record that leaves the ledger goes through
 //! `StoredAccount::public`, and nothing else reads `flags` but through `flags()`.
 
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+use zerocopy::{Immutable, IntoBytes};
 
 use crate::types::{Account, AccountFlags};
 
@@ -30,11 +30,10 @@ const INTERNAL_FLAGS: u16 = DEBITS_PENDING_NONZERO | CREDITS_PENDING_NONZERO;
 const _: () = assert!(AccountFlags::ALL & INTERNAL_FLAGS == 0);
 
 /// An account in memory (see the module comment). The same fields as `Account`, 128 bytes, the
-/// first 64 all that a posted transfer between accounts with nothing pending touches.
+/// first 64 all that a posted transfer between accounts with nothing pending touches. Built only
+/// from an `Account` (`new`), never from bytes, so its bits always agree with its balances.
 #[repr(C)]
-#[derive(
-    FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy, Debug, PartialEq, Eq, Default,
-)]
+#[derive(IntoBytes, Immutable, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct StoredAccount {
     pub id: u128,
     pub debits_posted: u128,
