@@ -320,6 +320,18 @@ struct Hint {
     pending: u32,
 }
 
+impl Hint {
+    const EMPTY: Hint = Hint {
+        lanes: Lanes { even: 0, odd: 0 },
+        id_fingerprint: 0,
+        debit_hash: 0,
+        credit_hash: 0,
+        debit: NONE,
+        credit: NONE,
+        pending: NONE,
+    };
+}
+
 /// What `create_transfers` computes from one event's bytes alone, before it looks anything up.
 #[derive(Clone, Copy, Debug)]
 struct EventHashes {
@@ -336,6 +348,14 @@ struct EventHashes {
 impl EventHashes {
     #[inline(always)]
     fn of(event: &Transfer) -> EventHashes {
+        Self::with_id_fingerprint(event, SequentialIdIndex::fingerprint(event.id))
+    }
+
+    /// `of`, with the id's fingerprint computed already (by the main loop, which prefetched the
+    /// id's home slot with it a window before).
+    #[inline(always)]
+    fn with_id_fingerprint(event: &Transfer, id_fingerprint: u32) -> EventHashes {
+        debug_assert_eq!(id_fingerprint, SequentialIdIndex::fingerprint(event.id));
         let resolving = TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER;
         let (debit_hash, credit_hash, pending_fingerprint) = if event.flags & resolving != 0 {
             (0, 0, SequentialIdIndex::fingerprint(event.pending_id))
@@ -348,7 +368,7 @@ impl EventHashes {
         };
         EventHashes {
             lanes: Lanes::of(record_bytes(event)),
-            id_fingerprint: SequentialIdIndex::fingerprint(event.id),
+            id_fingerprint,
             debit_hash,
             credit_hash,
             pending_fingerprint,
@@ -420,8 +440,6 @@ pub struct Ledger {
 
     undo: Vec<Undo>,
     undo_recording: bool,
-    /// Scratch for `create_transfers`, kept to avoid an allocation per batch.
-    hints: Vec<Hint>,
     /// Tests turn `create_plain_transfer` off to check it against the general path.
     #[cfg(test)]
     plain_path_disabled: bool,
@@ -742,7 +760,6 @@ impl Ledger {
             digest: 0,
             undo: Vec::new(),
             undo_recording: false,
-            hints: Vec::new(),
             #[cfg(test)]
             plain_path_disabled: false,
             #[cfg(test)]
@@ -1310,7 +1327,10 @@ impl Ledger {
         self.begin_batch(timestamp, events.len());
         // Room for every event's id, so that a probe's vacant slot stays valid until the insert.
         self.transfer_indexes.reserve(events.len());
-        let mut hints = std::mem::take(&mut self.hints);
+        // One window's hints, on the stack: filled in place, never grown.
+        let mut hints = [Hint::EMPTY; LOOKAHEAD_EVENTS];
+        // The next window's id fingerprints, computed as the main loop prefetches their slots.
+        let mut id_fingerprints = [0u32; LOOKAHEAD_EVENTS];
         let stable_transfers_count = self.transfers.len();
         let mut results: Vec<EventResult> = Vec::with_capacity(events.len());
         let mut chain: Option<ChainMarks> = None;
@@ -1320,8 +1340,8 @@ impl Ledger {
             if index % LOOKAHEAD_EVENTS == 0 {
                 let ahead = index..events.len().min(index + LOOKAHEAD_EVENTS);
                 let prepared = prepared.map(|prepared| &prepared[ahead.clone()]);
-                // The first window's ids were not prefetched by an earlier one.
-                let ids_prefetched = index > 0;
+                // The first window's ids were not prefetched (nor fingerprinted) by an earlier one.
+                let ids_prefetched = (index > 0).then_some(&id_fingerprints);
                 self.resolve_hints(
                     &events[ahead],
                     prepared,
@@ -1355,6 +1375,7 @@ impl Ledger {
                     None => SequentialIdIndex::fingerprint(ahead.id),
                 };
                 self.transfer_indexes.prefetch_home(fingerprint);
+                id_fingerprints[index % LOOKAHEAD_EVENTS] = fingerprint;
             }
             let hint = &hints[index % LOOKAHEAD_EVENTS];
             let lanes = hint.lanes;
@@ -1406,7 +1427,6 @@ impl Ledger {
         // A chain still open here ended in `linked_event_chain_open` and was rolled back.
         assert!(chain.is_none() || chain_broken);
         assert!(!self.undo_recording);
-        self.hints = hints;
         self.end_batch(Operation::CreateTransfers, timestamp, events_hash, &results);
         results
     }
@@ -1418,7 +1438,8 @@ impl Ledger {
     /// loops that do nothing else, dozens in flight at once, one stage ahead of their use:
     /// (1) hash every id (no memory touched); (2) prefetch the home slot of every account id or
     /// pending id, and of every transfer id unless `ids_prefetched` (the main loop prefetched the
-    /// transfer ids' slots and the events' bytes a window ahead, spread over its work); (3) for
+    /// transfer ids' slots and the events' bytes a window ahead, spread over its work, and gives
+    /// the ids' fingerprints it computed for that); (3) for
     /// posts and voids, the pending transfers, and their accounts' fingerprints and home slots;
     /// (4) follow each account's probe to its candidate record and prefetch both its cache lines
     /// and its list heads; (5) the real lookups, which now hit cache.
@@ -1427,19 +1448,24 @@ impl Ledger {
         events: &[Transfer],
         prepared: Option<&[EventHashes]>,
         stable_transfers_count: usize,
-        ids_prefetched: bool,
-        hints: &mut Vec<Hint>,
+        ids_prefetched: Option<&[u32; LOOKAHEAD_EVENTS]>,
+        hints: &mut [Hint; LOOKAHEAD_EVENTS],
     ) {
         assert!(events.len() <= LOOKAHEAD_EVENTS);
         let resolving = TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER;
         // Fingerprints of the debit and credit account ids, or of the pending id in [0].
         let mut fingerprints = [[0u32; 2]; LOOKAHEAD_EVENTS];
         let mut resolving_count = 0;
-        hints.clear();
-        for (index, (event, fingerprints)) in events.iter().zip(&mut fingerprints).enumerate() {
-            let hashes = match prepared {
-                Some(prepared) => prepared[index],
-                None => EventHashes::of(event),
+        for (index, ((event, fingerprints), hint)) in events
+            .iter()
+            .zip(&mut fingerprints)
+            .zip(hints.iter_mut())
+            .enumerate()
+        {
+            let hashes = match (prepared, ids_prefetched) {
+                (Some(prepared), _) => prepared[index],
+                (None, Some(ids)) => EventHashes::with_id_fingerprint(event, ids[index]),
+                (None, None) => EventHashes::of(event),
             };
             if event.flags & resolving != 0 {
                 resolving_count += 1;
@@ -1450,7 +1476,7 @@ impl Ledger {
                     (hashes.credit_hash >> 32) as u32,
                 ];
             }
-            hints.push(Hint {
+            *hint = Hint {
                 lanes: hashes.lanes,
                 id_fingerprint: hashes.id_fingerprint,
                 debit_hash: hashes.debit_hash,
@@ -1458,11 +1484,11 @@ impl Ledger {
                 debit: NONE,
                 credit: NONE,
                 pending: NONE,
-            });
+            };
         }
         let (transfer_indexes, account_indexes) = (&self.transfer_indexes, &self.account_indexes);
         for ((event, hint), fingerprints) in events.iter().zip(hints.iter()).zip(&fingerprints) {
-            if !ids_prefetched {
+            if ids_prefetched.is_none() {
                 transfer_indexes.prefetch_home(hint.id_fingerprint);
             }
             if event.flags & resolving != 0 {
@@ -1507,23 +1533,25 @@ impl Ledger {
         // now, a window before use.
         let index_of = |id: u128, fingerprint: u32, candidate: u32| {
             let accounts = &self.accounts;
-            let found = match accounts.get(candidate as usize) {
-                Some(account) if account.id == id => Some(candidate),
-                _ => self
-                    .account_indexes
-                    .get_fingerprinted(id, fingerprint, |index| accounts[index as usize].id),
-            };
-            match found {
-                Some(index) => {
+            let (index, account) = match accounts.get(candidate as usize) {
+                Some(account) if account.id == id => (candidate, account),
+                _ => {
+                    let found = self
+                        .account_indexes
+                        .get_fingerprinted(id, fingerprint, |index| accounts[index as usize].id);
+                    let Some(index) = found else {
+                        return NONE;
+                    };
                     let account = &accounts[index as usize];
-                    assert!(account.id == id && account.ledger != 0);
-                    if account.second_line_needed() {
-                        prefetch(&record_bytes(&account.0)[64]);
-                    }
-                    index
+                    assert!(account.id == id);
+                    (index, account)
                 }
-                None => NONE,
+            };
+            assert!(account.ledger != 0);
+            if account.second_line_needed() {
+                prefetch(&record_bytes(&account.0)[64]);
             }
+            index
         };
         for (((event, hint), fingerprints), candidates) in events
             .iter()
