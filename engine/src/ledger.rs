@@ -20,7 +20,7 @@ use crate::state::{
     FIELD_CREDITS_PENDING, FIELD_CREDITS_POSTED, FIELD_DEBITS_PENDING, FIELD_DEBITS_POSTED,
 };
 use crate::stored_account::StoredAccount;
-use crate::stream::{fence, push_streaming};
+use crate::stream::{fence, push_streaming_stamped};
 use crate::types::{
     Account, AccountBalance, AccountFlags, EventResult, Operation, Transfer, TransferFlags,
 };
@@ -1819,18 +1819,18 @@ impl Ledger {
         }
         let transfer_index = self.transfers.len() as u32;
         assert!(self.transfers.len() < self.transfers_max);
-        // The event's bytes whole, then its timestamp: a 128-byte copy, where building the
-        // record field by field first went through registers and the stack.
-        let mut record = Aligned(*event);
-        record.timestamp = timestamp;
-        push_streaming(&mut self.transfers, &record);
+        // The event's bytes with its timestamp, streamed from the event itself.
+        push_streaming_stamped(&mut self.transfers, event, timestamp);
         self.transfer_indexes
             .insert_vacant(vacant, hint.id_fingerprint, transfer_index);
         self.link_transfer(transfer_index, debit_index, credit_index);
         if pending {
             self.pending_statuses.push_transfer_pending();
             if event.timeout > 0 {
-                let expires_at = expires_at(&record);
+                let expires_at = expires_at(&Transfer {
+                    timestamp,
+                    ..*event
+                });
                 let key = (expires_at.expect("checked"), timestamp);
                 assert!(self.expiries.insert(key, transfer_index).is_none());
             }
