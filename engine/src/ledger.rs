@@ -1756,7 +1756,8 @@ impl Ledger {
         if checked.is_err() {
             return false;
         }
-        if self.history.len() + self.history_rows_needed(debit, credit) > self.history_rows_max {
+        let history_rows = self.history_rows_needed(debit, credit);
+        if self.history.len() + history_rows > self.history_rows_max {
             return false;
         }
 
@@ -1837,8 +1838,11 @@ impl Ledger {
         } else {
             self.pending_statuses.push_transfer();
         }
-        self.push_history(debit_index, transfer_index);
-        self.push_history(credit_index, transfer_index);
+        // Accounts without `history` (the flags were read above) record no row.
+        if history_rows > 0 {
+            self.push_history(debit_index, transfer_index);
+            self.push_history(credit_index, transfer_index);
+        }
         true
     }
 
