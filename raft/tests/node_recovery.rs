@@ -69,6 +69,25 @@ async fn wait_for_a_snapshot(node: &Node) {
     panic!("no snapshot within 10 s: {:?}", node.status());
 }
 
+/// Waits (bounded) until the node has applied its whole log, and returns the last index: a
+/// snapshot triggered then covers every entry, the blank entry a restarted node appends as the
+/// leader of a new term included. That entry may be appended after `wait_for_leader` returns,
+/// and after the ledger shows every transfer; a linearizable read waits until it is committed
+/// and applied (its read index is at least the leader's first entry of its term).
+async fn wait_for_the_log_applied(node: &Node) -> u64 {
+    node.read(|_| ()).await.expect("a linearizable read");
+    for _ in 0..200 {
+        let status = node.status();
+        if let Some(last) = status.last_log_index {
+            if status.applied_index == Some(last) {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the log not applied within 10 s: {:?}", node.status());
+}
+
 /// Submits one transfer; its result code.
 async fn submit_transfer(node: &Node, event: Transfer) -> u32 {
     let results = node
@@ -191,8 +210,20 @@ async fn raising_the_capacity_waits_for_a_snapshot_and_changes_no_result() {
         node.ledger_status().await.expect("status").digest,
         before.digest
     );
+    let last = wait_for_the_log_applied(&node).await;
     node.trigger_snapshot().await.expect("snapshot");
     wait_for_a_snapshot(&node).await;
+    let status = node.status();
+    assert_eq!(
+        status.snapshot_index,
+        Some(last),
+        "the snapshot covers the log"
+    );
+    assert_eq!(
+        status.last_log_index,
+        Some(last),
+        "nothing appended since: {status:?}"
+    );
     node.shutdown().await;
     drop(node);
 
