@@ -1341,12 +1341,12 @@ impl Ledger {
                 let ahead = index..events.len().min(index + LOOKAHEAD_EVENTS);
                 let prepared = prepared.map(|prepared| &prepared[ahead.clone()]);
                 // The first window's ids were not prefetched (nor fingerprinted) by an earlier one.
-                let ids_prefetched = (index > 0).then_some(&id_fingerprints);
+                let prefetched_ids = (index > 0).then_some(&id_fingerprints);
                 self.resolve_hints(
                     &events[ahead],
                     prepared,
                     stable_transfers_count,
-                    ids_prefetched,
+                    prefetched_ids,
                     &mut hints,
                 );
             }
@@ -1437,9 +1437,9 @@ impl Ledger {
     /// The misses are issued as prefetches (which retire at once, unlike loads that miss) from
     /// loops that do nothing else, dozens in flight at once, one stage ahead of their use:
     /// (1) hash every id (no memory touched); (2) prefetch the home slot of every account id or
-    /// pending id, and of every transfer id unless `ids_prefetched` (the main loop prefetched the
-    /// transfer ids' slots and the events' bytes a window ahead, spread over its work, and gives
-    /// the ids' fingerprints it computed for that); (3) for
+    /// pending id, and of every transfer id unless `prefetched_ids` (the fingerprints of the ids
+    /// whose slots the main loop prefetched a window ahead, with the events' bytes, spread over
+    /// its work); (3) for
     /// posts and voids, the pending transfers, and their accounts' fingerprints and home slots;
     /// (4) follow each account's probe to its candidate record and prefetch both its cache lines
     /// and its list heads; (5) the real lookups, which now hit cache.
@@ -1448,7 +1448,7 @@ impl Ledger {
         events: &[Transfer],
         prepared: Option<&[EventHashes]>,
         stable_transfers_count: usize,
-        ids_prefetched: Option<&[u32; LOOKAHEAD_EVENTS]>,
+        prefetched_ids: Option<&[u32; LOOKAHEAD_EVENTS]>,
         hints: &mut [Hint; LOOKAHEAD_EVENTS],
     ) {
         assert!(events.len() <= LOOKAHEAD_EVENTS);
@@ -1462,7 +1462,7 @@ impl Ledger {
             .zip(hints.iter_mut())
             .enumerate()
         {
-            let hashes = match (prepared, ids_prefetched) {
+            let hashes = match (prepared, prefetched_ids) {
                 (Some(prepared), _) => prepared[index],
                 (None, Some(ids)) => EventHashes::with_id_fingerprint(event, ids[index]),
                 (None, None) => EventHashes::of(event),
@@ -1488,7 +1488,7 @@ impl Ledger {
         }
         let (transfer_indexes, account_indexes) = (&self.transfer_indexes, &self.account_indexes);
         for ((event, hint), fingerprints) in events.iter().zip(hints.iter()).zip(&fingerprints) {
-            if ids_prefetched.is_none() {
+            if prefetched_ids.is_none() {
                 transfer_indexes.prefetch_home(hint.id_fingerprint);
             }
             if event.flags & resolving != 0 {
